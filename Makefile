@@ -1,0 +1,40 @@
+# Set up and run everything on a fresh machine: `make quickstart` (the main job), `make test` (the suite).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: install quickstart test lint browser bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet -c constraints.txt torch==2.13.0
+	$(PIP) install --quiet -c constraints.txt -e '.[dev]'
+	touch $@
+
+install: $(STAMP)
+
+# Headless Chromium for the web-page test (Debian's package; needs root, skipped with a note otherwise).
+browser:
+	@if [ -x /usr/bin/chromium ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+		|| echo "note: could not install chromium; the browser test will be skipped"; \
+	else echo "note: /usr/bin/chromium missing and not root; the browser test will be skipped"; fi
+
+quickstart: install
+	$(VENV)/bin/clipstack quickstart
+
+lint: install
+	$(VENV)/bin/ruff check .
+	@if [ -f ../shared/tools/check_layout.py ]; then $(PY) ../shared/tools/check_layout.py src/clipstack; fi
+
+test: install browser lint
+	CLIPSTACK_NO_PROGRESS=1 $(PY) -m pytest
+
+bench: install
+	for b in benchmarks/*.py; do $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache

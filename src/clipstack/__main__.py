@@ -1,0 +1,7 @@
+"""`python -m clipstack` (what `torchrun -m clipstack train` runs)."""
+
+import sys
+
+from clipstack.cli import main
+
+sys.exit(main())

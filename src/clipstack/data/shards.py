@@ -1,0 +1,263 @@
+"""WebDataset shards in img2dataset's layout: write them atomically, read them back robustly.
+
+A shard folder holds `{shard:05d}.tar` (`{key}.jpg|png|webp`, `{key}.txt`, `{key}.json`), and beside each
+tar a parquet manifest `{shard:05d}.parquet` (one row per input sample, kept or not, as img2dataset
+writes it) and `{shard:05d}_stats.json`; `sizes.json` maps tar names to sample counts (open_clip reads it).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tarfile
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from clipstack.errors import DataError
+from clipstack.io import atomic_path, write_json
+
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
+TAR_MTIME = 0  # fixed so the same samples give byte-identical tars
+
+
+@dataclass
+class Sample:
+    """One image-text pair as it is stored: encoded image bytes, captions, and JSON metadata."""
+
+    key: str
+    image: bytes
+    captions: list[str]
+    ext: str = "jpg"
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def caption(self) -> str:
+        return self.captions[0] if self.captions else ""
+
+
+@dataclass
+class Drop:
+    """An input row that did not become a sample, and why (a reason code plus a readable detail)."""
+
+    key: str
+    reason: str
+    detail: str = ""
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ShardStats:
+    shard: str
+    count: int
+    successes: int
+    failed: int
+    duration: float
+    status_dict: dict[str, int]
+
+
+def shard_name(index: int) -> str:
+    return f"{index:05d}"
+
+
+def write_shard(out_dir: str | os.PathLike, index: int, samples: Iterable[Sample],
+                drops: Iterable[Drop] = ()) -> ShardStats:
+    """Write one shard (tar + parquet manifest + stats) atomically; `samples` may be a generator.
+
+    Drops are listed in the manifest with their reason, as img2dataset lists failed downloads, and
+    counted in the stats, so `count == successes + failed` holds per shard.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import webdataset as wds
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    name = shard_name(index)
+    start = time.time()
+    rows: list[dict[str, Any]] = []
+    with atomic_path(out / f"{name}.tar") as tmp:
+        with open(tmp, "wb") as fh, wds.TarWriter(fh, encoder=False, mtime=TAR_MTIME) as tar:
+            for sample in samples:
+                meta = sample_json(sample)
+                tar.write({
+                    "__key__": sample.key,
+                    sample.ext: sample.image,
+                    "txt": sample.caption.encode("utf-8"),
+                    "json": json.dumps(meta, ensure_ascii=False, sort_keys=True).encode("utf-8"),
+                })
+                rows.append(_manifest_row(meta, "success", ""))
+    drop_list = list(drops)
+    for drop in drop_list:
+        meta = {"key": drop.key, **{k: v for k, v in drop.meta.items() if k != "key"}}
+        rows.append(_manifest_row(meta, drop.reason, drop.detail))
+    status = Counter(row["status"] for row in rows)
+    stats = ShardStats(shard=f"{name}.tar", count=len(rows), successes=status.get("success", 0),
+                       failed=len(drop_list), duration=round(time.time() - start, 3),
+                       status_dict=dict(sorted(status.items())))
+    table = pa.Table.from_pylist(rows, schema=_manifest_schema())
+    with atomic_path(out / f"{name}.parquet") as tmp:
+        pq.write_table(table, tmp)
+    write_json(out / f"{name}_stats.json", {
+        "count": stats.count, "successes": stats.successes, "failed": stats.failed,
+        "duration": stats.duration, "status_dict": stats.status_dict,
+    })
+    return stats
+
+
+def sample_json(sample: Sample) -> dict[str, Any]:
+    """The `.json` member: the user's metadata plus key, caption and every caption."""
+    meta = dict(sample.meta)
+    meta["key"] = sample.key
+    meta["caption"] = sample.caption
+    meta["captions"] = list(sample.captions)
+    meta.setdefault("status", "success")
+    return meta
+
+
+def write_sizes(out_dir: str | os.PathLike) -> dict[str, int]:
+    """Write `sizes.json` (tar name -> kept samples) from the shards' stats files; return it."""
+    out = Path(out_dir)
+    sizes = {}
+    for stats_file in sorted(out.glob("*_stats.json")):
+        stats = json.loads(stats_file.read_text(encoding="utf-8"))
+        tar_name = stats_file.name.removesuffix("_stats.json") + ".tar"
+        if (out / tar_name).exists():
+            sizes[tar_name] = int(stats.get("successes", 0))
+    write_json(out / "sizes.json", sizes)
+    return sizes
+
+
+def shard_done(out_dir: str | os.PathLike, index: int) -> bool:
+    """True when shard `index` was finished (tar, manifest and stats all present)."""
+    out, name = Path(out_dir), shard_name(index)
+    return all((out / f"{name}{suffix}").exists() for suffix in (".tar", ".parquet", "_stats.json"))
+
+
+_MANIFEST_FIELDS = [
+    ("key", "string"), ("caption", "string"), ("url", "string"), ("status", "string"),
+    ("error_message", "string"), ("width", "int64"), ("height", "int64"),
+    ("original_width", "int64"), ("original_height", "int64"), ("sha256", "string"),
+    ("json", "string"),
+]
+
+
+def _manifest_schema():
+    import pyarrow as pa
+
+    return pa.schema([(name, getattr(pa, kind)()) for name, kind in _MANIFEST_FIELDS])
+
+
+def _manifest_row(meta: dict[str, Any], status: str, error: str) -> dict[str, Any]:
+    row: dict[str, Any] = {}
+    for name, kind in _MANIFEST_FIELDS[:-1]:
+        value = meta.get(name)
+        if kind == "int64":
+            value = int(value) if isinstance(value, int | float) else None
+        elif value is not None:
+            value = str(value)
+        row[name] = value
+    row["status"] = status
+    row["error_message"] = error or None
+    row["json"] = json.dumps(meta, ensure_ascii=False, sort_keys=True, default=str)
+    return row
+
+
+# ---------------------------------------------------------------------------------------------- reading
+
+
+def expand_urls(urls: str | os.PathLike | Iterable[str | os.PathLike]) -> list[str]:
+    """Expand brace patterns (`shards/{00000..00009}.tar`), `::`-joined lists, folders and globs."""
+    from braceexpand import braceexpand
+
+    if isinstance(urls, str | os.PathLike):
+        urls = [str(urls)]
+    out: list[str] = []
+    for url in urls:
+        for part in str(url).split("::"):
+            for expanded in braceexpand(part):
+                path = Path(expanded)
+                if path.is_dir():
+                    out.extend(str(p) for p in sorted(path.glob("*.tar")))
+                elif any(ch in expanded for ch in "*?["):
+                    out.extend(str(p) for p in sorted(Path().glob(expanded)))
+                else:
+                    out.append(expanded)
+    return out
+
+
+def iter_shard(path: str | os.PathLike, on_error: Callable[[DataError], None] | None = None,
+               ) -> Iterator[dict[str, Any]]:
+    """Yield raw samples (`__key__`, `__url__`, then one bytes value per member extension).
+
+    A missing, truncated or corrupt tar raises `DataError` naming the shard and the samples read so far,
+    unless `on_error` is given, in which case it is called and the shard ends there.
+    """
+    from webdataset.tariterators import group_by_keys, tar_file_iterator
+
+    path = str(path)
+    count = 0
+    try:
+        with open(path, "rb") as fh:
+            files = ({**f, "__url__": path} for f in tar_file_iterator(fh))
+            for sample in group_by_keys(files):
+                count += 1
+                yield sample
+    except FileNotFoundError:
+        err = DataError(f"{path}: shard not found")
+        if on_error is None:
+            raise err from None
+        on_error(err)
+    except (tarfile.TarError, OSError, EOFError, ValueError) as exn:
+        err = DataError(f"{path}: unreadable tar after {count} samples ({type(exn).__name__}: {exn})")
+        if on_error is None:
+            raise err from None
+        on_error(err)
+
+
+def decode_sample(raw: dict[str, Any]) -> Sample:
+    """Turn a raw tar sample into a `Sample`; raises `DataError` naming the key if it has no image."""
+    key = raw["__key__"]
+    ext = next((e for e in IMAGE_EXTS if e in raw), None)
+    if ext is None:
+        raise DataError(f"{raw.get('__url__', '?')}: sample {key} has no image member")
+    meta: dict[str, Any] = {}
+    if "json" in raw:
+        try:
+            meta = json.loads(raw["json"].decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exn:
+            raise DataError(f"{raw.get('__url__', '?')}: sample {key} has unreadable json ({exn})") from None
+    captions = meta.get("captions") or []
+    if not captions and "txt" in raw:
+        try:
+            captions = [raw["txt"].decode("utf-8")]
+        except UnicodeDecodeError:
+            raise DataError(f"{raw.get('__url__', '?')}: sample {key} caption is not UTF-8") from None
+    meta.setdefault("__url__", raw.get("__url__"))
+    return Sample(key=key, image=raw[ext], captions=list(captions), ext=ext, meta=meta)
+
+
+def read_samples(urls: str | os.PathLike | Iterable[str | os.PathLike],
+                 on_error: Callable[[DataError], None] | None = None) -> Iterator[Sample]:
+    """Yield every `Sample` from the shards in order (no shuffling; see `clipstack.data.loader`)."""
+    for url in expand_urls(urls):
+        for raw in iter_shard(url, on_error=on_error):
+            try:
+                yield decode_sample(raw)
+            except DataError as err:
+                if on_error is None:
+                    raise
+                on_error(err)
+
+
+def image_bytes_to_pil(data: bytes):
+    """Decode image bytes with PIL (fully loaded, RGB)."""
+    from PIL import Image
+
+    img = Image.open(io.BytesIO(data))
+    img.load()
+    return img.convert("RGB")

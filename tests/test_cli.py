@@ -1,0 +1,30 @@
+"""The command line: help, version, and a light package import."""
+
+import subprocess
+import sys
+
+from clipstack.cli import main
+
+
+def test_version(capsys):
+    try:
+        main(["--version"])
+    except SystemExit as exc:
+        assert exc.code == 0
+    assert "clipstack 0.1.0" in capsys.readouterr().out
+
+
+def test_help_lists_commands(capsys):
+    assert main([]) == 0
+    out = capsys.readouterr().out
+    assert "usage: clipstack" in out
+
+
+def test_import_is_light():
+    code = (
+        "import sys, clipstack, clipstack.cli; "
+        "heavy = [m for m in ('torch', 'faiss', 'fastapi', 'uvicorn', 'matplotlib', 'pyarrow') if m in sys.modules]; "
+        "print(','.join(heavy))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == ""
