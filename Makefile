@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install quickstart test lint browser bench clean
+.PHONY: install quickstart test lint sysdeps bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -15,13 +15,16 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
-# Headless Chromium for the web-page test (Debian's package; needs root, skipped with a note otherwise).
-browser:
-	@if [ -x /usr/bin/chromium ]; then :; \
+# Debian packages some features use: headless Chromium (web-page test) and WordNet's database files
+# (MetaCLIP metadata). Installed when missing and we are root; otherwise those tests skip with a note.
+SYSDEPS := chromium:/usr/bin/chromium wordnet-base:/usr/share/wordnet/data.noun
+sysdeps:
+	@missing=""; for dep in $(SYSDEPS); do [ -e "$${dep#*:}" ] || missing="$$missing $${dep%%:*}"; done; \
+	if [ -z "$$missing" ]; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
-		|| echo "note: could not install chromium; the browser test will be skipped"; \
-	else echo "note: /usr/bin/chromium missing and not root; the browser test will be skipped"; fi
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null) \
+		|| echo "note: could not install$$missing; tests that need them will be skipped"; \
+	else echo "note: missing$$missing (not root); tests that need them will be skipped"; fi
 
 quickstart: install
 	$(VENV)/bin/clipstack quickstart
@@ -30,7 +33,7 @@ lint: install
 	$(VENV)/bin/ruff check .
 	@if [ -f ../shared/tools/check_layout.py ]; then $(PY) ../shared/tools/check_layout.py src/clipstack; fi
 
-test: install browser lint
+test: install sysdeps lint
 	CLIPSTACK_NO_PROGRESS=1 $(PY) -m pytest
 
 bench: install

@@ -18,6 +18,7 @@ from clipstack.errors import ClipstackError
 # In data-flow order; a module that does not exist yet is skipped, so no command is ever faked.
 STAGE_CLI_MODULES = [
     "clipstack.data.cli",
+    "clipstack.data.synthetic.cli",
     "clipstack.curate.cli",
     "clipstack.models.cli",
     "clipstack.train.cli",
