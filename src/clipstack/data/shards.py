@@ -34,6 +34,9 @@ class Sample:
     captions: list[str]
     ext: str = "jpg"
     meta: dict[str, Any] = field(default_factory=dict)
+    # The `.txt` member verbatim, when it must differ from the first caption (e.g. re-sharding a crawl
+    # whose caption bytes are not UTF-8: kept as they are, so curation can count and drop them).
+    txt: bytes | None = None
 
     @property
     def caption(self) -> str:
@@ -87,7 +90,7 @@ def write_shard(out_dir: str | os.PathLike, index: int, samples: Iterable[Sample
                 tar.write({
                     "__key__": sample.key,
                     sample.ext: sample.image,
-                    "txt": sample.caption.encode("utf-8"),
+                    "txt": sample.txt if sample.txt is not None else sample.caption.encode("utf-8"),
                     "json": json.dumps(meta, ensure_ascii=False, sort_keys=True).encode("utf-8"),
                 })
                 rows.append(_manifest_row(meta, "success", ""))
