@@ -36,10 +36,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"clipstack {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in STAGE_CLI_MODULES:
-        if importlib.util.find_spec(name) is None:
+        if not _module_exists(name):
             continue
         importlib.import_module(name).register(sub)
     return parser
+
+
+def _module_exists(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:  # a parent package is not there either
+        return False
 
 
 def main(argv: list[str] | None = None) -> int:
