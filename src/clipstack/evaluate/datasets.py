@@ -1,0 +1,361 @@
+"""Evaluation datasets: a table of layout loaders, each turning a path into an `EvalDataset`.
+
+Layouts (tried in table order, or picked by name):
+- `clip_benchmark_wds`: CLIP_benchmark's WebDataset layout, `{split}/nshards.txt`, `{split}/{i}.tar`
+  (image + `.cls` int, `.npy` multi-hot for multilabel, or `.txt` captions one per line for retrieval),
+  `classnames.txt`, `zeroshot_classification_templates.txt`, `dataset_type.txt`. The embedded eval
+  sets that `clipstack synth` writes use this layout.
+- `image_folder`: one subfolder per class (optionally under `train/`, `val/`, `test/`).
+- `retrieval_table`: a CSV or parquet file with an image path column and one or more captions.
+Items are streamed, so a large set is never held in memory; a sample that cannot be used is skipped and
+counted on the split (`split.dropped`), never a crash mid-run.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import tarfile
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from clipstack.errors import DataError
+
+IMAGE_EXTS = ("webp", "png", "jpg", "jpeg")
+FILE_IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
+SPLIT_NAMES = ("train", "val", "test")
+_WDS_KEY = re.compile(r"^((?:.*/|)[^./]+)\.([^/]*)$")  # webdataset's key/extension split
+
+
+@dataclass
+class EvalItem:
+    """One sample: how to get its image, and its label (int, or list of ints) or captions."""
+
+    key: str
+    load_image: Callable[[], Any]
+    label: int | list[int] | None = None
+    captions: list[str] | None = None
+
+
+@dataclass
+class EvalSplit:
+    name: str
+    iter_items: Callable[[], Iterator[EvalItem]]
+    dropped: Counter = field(default_factory=Counter)  # reason -> count, filled while iterating
+
+    def __iter__(self) -> Iterator[EvalItem]:
+        return self.iter_items()
+
+
+@dataclass
+class EvalDataset:
+    name: str
+    root: Path
+    layout: str
+    kind: str  # "classification" | "multilabel" | "retrieval"
+    splits: dict[str, EvalSplit]
+    classnames: list[str] | None = None
+    templates: list[str] | None = None
+
+    def split(self, name: str) -> EvalSplit:
+        if name not in self.splits:
+            raise DataError(f"{self.root}: no split {name!r} (this {self.layout} set has: "
+                            f"{', '.join(self.splits) or 'none'})")
+        return self.splits[name]
+
+    def fingerprint(self) -> str:
+        """Changes when any data file changes (size, mtime), for the embedding cache key."""
+        files = sorted(p for p in self.root.rglob("*") if p.is_file()) if self.root.is_dir() else [self.root]
+        return ";".join(f"{p.relative_to(self.root.parent)}:{p.stat().st_size}:{p.stat().st_mtime_ns}"
+                        for p in files)
+
+
+@dataclass(frozen=True)
+class Layout:
+    name: str
+    detect: Callable[[Path], bool]
+    load: Callable[[Path], EvalDataset]
+    expects: str
+
+
+def pil_from_bytes(data: bytes):
+    from PIL import Image
+
+    img = Image.open(io.BytesIO(data))
+    return img.convert("RGB")
+
+
+def pil_from_path(path: Path):
+    from PIL import Image
+
+    with Image.open(path) as img:
+        return img.convert("RGB")
+
+
+# --- CLIP_benchmark WebDataset layout ------------------------------------------------------------
+
+def _is_wds(root: Path) -> bool:
+    return root.is_dir() and any((root / s / "nshards.txt").is_file() for s in SPLIT_NAMES)
+
+
+def _read_lines(path: Path) -> list[str] | None:
+    if not path.is_file():
+        return None
+    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def load_wds(root: Path) -> EvalDataset:
+    dtype_lines = _read_lines(root / "dataset_type.txt")
+    dtype = (dtype_lines[0].lower() if dtype_lines else "") or "classification"
+    kinds = {"classification": "classification", "multilabel": "multilabel", "retrieval": "retrieval"}
+    if dtype not in kinds:
+        raise DataError(f"{root / 'dataset_type.txt'}: unknown dataset type {dtype!r} "
+                        f"(expected one of {', '.join(kinds)})")
+    kind = kinds[dtype]
+    classnames = templates = None
+    if kind != "retrieval":
+        classnames = _read_lines(root / "classnames.txt")
+        classnames = [c for c in classnames if c] if classnames is not None else None
+        tmpl = _read_lines(root / "zeroshot_classification_templates.txt")
+        templates = [t for t in tmpl if t] if tmpl else None
+    splits = {}
+    for split in SPLIT_NAMES:
+        nshards_file = root / split / "nshards.txt"
+        if not nshards_file.is_file():
+            continue
+        try:
+            nshards = int(nshards_file.read_text().strip())
+        except ValueError:
+            raise DataError(f"{nshards_file}: must hold an integer shard count") from None
+        tars = [root / split / f"{i}.tar" for i in range(nshards)]
+        missing = [t.name for t in tars if not t.is_file()]
+        if missing:
+            raise DataError(f"{root / split}: nshards.txt says {nshards} shards but {', '.join(missing)} "
+                            "is missing")
+        splits[split] = _wds_split(split, tars, kind)
+    return EvalDataset(root.name, root, "clip_benchmark_wds", kind, splits, classnames, templates)
+
+
+def _wds_split(split: str, tars: list[Path], kind: str) -> EvalSplit:
+    es = EvalSplit(split, lambda: iter(()))
+
+    def items() -> Iterator[EvalItem]:
+        es.dropped.clear()
+        for tar in tars:
+            for key, members in _tar_samples(tar):
+                item = _wds_item(key, members, kind, tar, es.dropped)
+                if item is not None:
+                    yield item
+
+    es.iter_items = items
+    return es
+
+
+def _tar_samples(tar: Path) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """Consecutive members sharing a key form one sample, as webdataset groups them."""
+    try:
+        tf = tarfile.open(tar)
+    except (tarfile.TarError, OSError) as err:
+        raise DataError(f"{tar}: not a readable tar ({err})") from None
+    key, members = None, {}
+    with tf:
+        for info in tf:
+            if not info.isfile():
+                continue
+            m = _WDS_KEY.match(info.name)
+            if not m:
+                continue
+            k, ext = m.group(1), m.group(2).lower()
+            if k != key and members:
+                yield key, members
+                members = {}
+            key = k
+            members[ext] = tf.extractfile(info).read()
+        if members:
+            yield key, members
+
+
+def _wds_item(key: str, members: dict[str, bytes], kind: str, tar: Path, dropped: Counter) -> EvalItem | None:
+    ext = next((e for e in IMAGE_EXTS if e in members), None)
+    if ext is None:
+        dropped["no_image"] += 1
+        return None
+    data = members[ext]
+    load = lambda data=data: pil_from_bytes(data)  # noqa: E731
+    if kind == "retrieval":
+        if "txt" not in members:
+            dropped["no_captions"] += 1
+            return None
+        caps = [c for c in members["txt"].decode("utf-8", "replace").splitlines() if c.strip()]
+        if not caps:
+            dropped["no_captions"] += 1
+            return None
+        return EvalItem(key, load, captions=caps)
+    if kind == "multilabel":
+        if "npy" not in members:
+            dropped["no_label"] += 1
+            return None
+        import numpy as np
+
+        vec = np.load(io.BytesIO(members["npy"]), allow_pickle=False)
+        return EvalItem(key, load, label=[int(i) for i in np.flatnonzero(vec)])
+    if "cls" not in members:
+        dropped["no_label"] += 1
+        return None
+    try:
+        label = int(members["cls"].decode().strip())
+    except ValueError:
+        raise DataError(f"{tar}: sample {key!r} has a .cls that is not an integer") from None
+    return EvalItem(key, load, label=label)
+
+
+# --- image folder: one subfolder per class --------------------------------------------------------
+
+def _class_dirs(root: Path) -> list[Path]:
+    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _is_image_folder(root: Path) -> bool:
+    if not root.is_dir():
+        return False
+    split_dirs = [root / s for s in SPLIT_NAMES if (root / s).is_dir()]
+    base = split_dirs[0] if split_dirs else root
+    dirs = _class_dirs(base)
+    return bool(dirs) and all(not (d / "nshards.txt").exists() for d in dirs)
+
+
+def load_image_folder(root: Path) -> EvalDataset:
+    split_dirs = {s: root / s for s in SPLIT_NAMES if (root / s).is_dir()}
+    if not split_dirs:
+        split_dirs = {"test": root}
+    folder_names = None
+    splits = {}
+    for split, base in split_dirs.items():
+        dirs = _class_dirs(base)
+        names = [d.name for d in dirs]
+        if folder_names is None:
+            folder_names = names
+        elif names != folder_names:
+            raise DataError(f"{base}: class folders differ from {split_dirs[next(iter(split_dirs))]} "
+                            f"({sorted(set(names) ^ set(folder_names))})")
+        files: list[tuple[Path, int]] = []
+        for label, d in enumerate(dirs):
+            imgs = sorted(p for p in d.iterdir() if p.suffix.lower() in FILE_IMAGE_EXTS)
+            if not imgs:
+                raise DataError(f"{d}: class {d.name!r} has no images ({', '.join(FILE_IMAGE_EXTS)})")
+            files.extend((p, label) for p in imgs)
+        splits[split] = _folder_split(split, files)
+    classnames = _read_lines(root / "classnames.txt")
+    if classnames is not None:
+        classnames = [c for c in classnames if c]
+        if len(classnames) != len(folder_names):
+            raise DataError(f"{root / 'classnames.txt'}: {len(classnames)} names for "
+                            f"{len(folder_names)} class folders")
+    else:
+        classnames = [n.replace("_", " ") for n in folder_names]
+    tmpl = _read_lines(root / "zeroshot_classification_templates.txt")
+    return EvalDataset(root.name, root, "image_folder", "classification", splits, classnames,
+                       [t for t in tmpl if t] if tmpl else None)
+
+
+def _folder_split(split: str, files: list[tuple[Path, int]]) -> EvalSplit:
+    def items() -> Iterator[EvalItem]:
+        for path, label in files:
+            yield EvalItem(str(path.relative_to(path.parent.parent)),
+                           lambda path=path: pil_from_path(path), label=label)
+
+    return EvalSplit(split, items)
+
+
+# --- CSV / parquet retrieval table -----------------------------------------------------------------
+
+IMAGE_COLUMNS = ("image", "image_path", "filepath", "path", "file")
+CAPTION_COLUMNS = ("captions", "caption", "text", "title")
+
+
+def _table_file(root: Path) -> Path | None:
+    if root.is_file() and root.suffix in (".csv", ".parquet"):
+        return root
+    if root.is_dir() and not _is_wds(root):
+        tables = sorted(p for p in root.iterdir() if p.suffix in (".csv", ".parquet"))
+        return tables[0] if len(tables) == 1 else None
+    return None
+
+
+def load_retrieval_table(root: Path) -> EvalDataset:
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    table_path = _table_file(root)
+    try:
+        table = pq.read_table(table_path) if table_path.suffix == ".parquet" else pacsv.read_csv(table_path)
+    except Exception as err:  # pyarrow raises several types for a malformed file
+        raise DataError(f"{table_path}: cannot read table ({err})") from None
+    cols = table.column_names
+    img_col = next((c for c in IMAGE_COLUMNS if c in cols), None)
+    cap_col = next((c for c in CAPTION_COLUMNS if c in cols), None)
+    if img_col is None or cap_col is None:
+        raise DataError(f"{table_path}: a retrieval table needs an image column ({'/'.join(IMAGE_COLUMNS)}) "
+                        f"and a caption column ({'/'.join(CAPTION_COLUMNS)}); found {cols}")
+    grouped: dict[str, list[str]] = {}
+    for img, cap in zip(table.column(img_col).to_pylist(), table.column(cap_col).to_pylist()):
+        if img is None:
+            continue
+        caps = cap if isinstance(cap, list) else str(cap or "").splitlines()
+        grouped.setdefault(str(img), []).extend(c.strip() for c in caps if c and c.strip())
+    base = table_path.parent
+    dropped_static = Counter()
+    records = []
+    for img, caps in grouped.items():
+        if not caps:
+            dropped_static["no_captions"] += 1
+            continue
+        records.append((img, caps))
+    missing = [img for img, _ in records if not (base / img).is_file()]
+    if missing:
+        raise DataError(f"{table_path}: {len(missing)} image paths do not exist relative to {base} "
+                        f"(first: {missing[0]!r})")
+
+    es = EvalSplit("test", lambda: iter(()))
+
+    def items() -> Iterator[EvalItem]:
+        es.dropped.clear()
+        es.dropped.update(dropped_static)
+        for img, caps in records:
+            yield EvalItem(img, lambda p=base / img: pil_from_path(p), captions=caps)
+
+    es.iter_items = items
+    name = table_path.stem if root.is_file() else root.name
+    return EvalDataset(name, root, "retrieval_table", "retrieval", {"test": es})
+
+
+# --- the registry -----------------------------------------------------------------------------------
+
+LAYOUTS: tuple[Layout, ...] = (
+    Layout("clip_benchmark_wds", _is_wds, load_wds,
+           "{split}/nshards.txt and {split}/0.tar..., with classnames.txt or dataset_type.txt"),
+    Layout("retrieval_table", lambda p: _table_file(p) is not None, load_retrieval_table,
+           "a .csv/.parquet file (or a folder with exactly one) with image and caption columns"),
+    Layout("image_folder", _is_image_folder, load_image_folder,
+           "one subfolder of images per class, optionally under train/ val/ test/"),
+)
+
+
+def load_dataset(path: str | Path, layout: str | None = None) -> EvalDataset:
+    """Load an evaluation set from `path`, detecting its layout unless `layout` names one."""
+    root = Path(path)
+    if not root.exists():
+        raise DataError(f"dataset {root}: no such file or folder")
+    by_name = {lay.name: lay for lay in LAYOUTS}
+    if layout is not None:
+        if layout not in by_name:
+            raise DataError(f"unknown dataset layout {layout!r} (known: {', '.join(by_name)})")
+        return by_name[layout].load(root)
+    for lay in LAYOUTS:
+        if lay.detect(root):
+            return lay.load(root)
+    expected = "; ".join(f"{lay.name}: {lay.expects}" for lay in LAYOUTS)
+    raise DataError(f"dataset {root}: not a layout clipstack can read. Expected one of: {expected}")
