@@ -1,0 +1,128 @@
+"""Transforms: parity with open_clip's `image_transform` (torchvision) within 1/255, and the JPEG draft path."""
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageFilter
+
+from clipstack.data.transforms import OPENAI_MEAN, OPENAI_STD, image_transform
+from clipstack.errors import ConfigError
+
+open_clip = pytest.importorskip("open_clip")
+STD = torch.tensor(OPENAI_STD).view(3, 1, 1)
+ONE_LEVEL = 1 / 255 + 1e-5
+
+
+def _photo(w, h, seed=0, mode="RGB"):
+    """A picture with edges, gradients and noise, so resampling differences would show."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w]
+    base = np.stack([(xx * 255 // max(w - 1, 1)), (yy * 255 // max(h - 1, 1)), ((xx // 7 + yy // 5) % 2) * 200],
+                    axis=-1)
+    arr = np.clip(base + rng.integers(-30, 30, size=(h, w, 3)), 0, 255).astype(np.uint8)
+    img = Image.fromarray(arr, "RGB")
+    if mode == "P":
+        return img.convert("P", palette=Image.Palette.ADAPTIVE)
+    return img.convert(mode)
+
+
+def _jpeg_bytes(img, quality=90):
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def _pixel_diff(a, b):
+    """Largest difference in [0, 1] pixel units between two normalized tensors."""
+    assert a.shape == b.shape and a.dtype == b.dtype == torch.float32
+    return float(((a - b).abs() * STD).max())
+
+
+@pytest.mark.parametrize("size,img_wh,mode", [
+    (224, (512, 384), "RGB"), (224, (300, 500), "RGB"), (224, (97, 61), "RGB"), (32, (640, 480), "L"),
+    (64, (129, 64), "RGBA"), (48, (100, 75), "P"), ((64, 96), (200, 150), "RGB"), ((96, 64), (120, 300), "RGB"),
+    (224, (224, 224), "RGB"),
+])
+def test_eval_shortest_matches_open_clip(size, img_wh, mode):
+    img = _photo(*img_wh, mode=mode)
+    ref = open_clip.image_transform(size, is_train=False)(img)
+    ours = image_transform(size, is_train=False)(img)
+    assert _pixel_diff(ours, ref) <= ONE_LEVEL
+
+
+@pytest.mark.parametrize("resize_mode,size,img_wh", [
+    ("squash", 64, (200, 90)), ("squash", (48, 80), (90, 200)), ("longest", 64, (200, 90)),
+    ("longest", 64, (50, 170)), ("longest", (40, 72), (300, 300)),
+])
+def test_eval_other_resize_modes_match(resize_mode, size, img_wh):
+    img = _photo(*img_wh, seed=1)
+    ref = open_clip.image_transform(size, is_train=False, resize_mode=resize_mode, fill_color=0)(img)
+    ours = image_transform(size, is_train=False, resize_mode=resize_mode)(img)
+    assert _pixel_diff(ours, ref) <= ONE_LEVEL
+
+
+def test_bilinear_and_custom_mean_std_match():
+    img = _photo(160, 120, seed=2)
+    kw = dict(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), interpolation="bilinear")
+    ref = open_clip.image_transform(64, is_train=False, **kw)(img)
+    ours = image_transform(64, is_train=False, **kw)(img)
+    assert float((ours - ref).abs().max()) * 0.5 <= ONE_LEVEL
+
+
+@pytest.mark.parametrize("img_wh,scale", [((512, 384), (0.9, 1.0)), ((150, 400), (0.08, 1.0)), ((64, 640), (0.9, 1.0))])
+def test_train_random_resized_crop_matches_with_same_seed(img_wh, scale):
+    img = _photo(*img_wh, seed=3)
+    ref_fn = open_clip.image_transform(96, is_train=True, aug_cfg={"scale": scale})
+    ours_fn = image_transform(96, is_train=True, scale=scale)
+    for seed in range(4):
+        torch.manual_seed(seed)
+        ref = ref_fn(img)
+        torch.manual_seed(seed)
+        ours = ours_fn(img)
+        assert _pixel_diff(ours, ref) <= ONE_LEVEL
+
+
+def test_train_crops_vary_and_stay_in_scale():
+    img = _photo(256, 256, seed=4)
+    fn = image_transform(64, is_train=True)
+    outs = [fn(img) for _ in range(4)]
+    assert all(o.shape == (3, 64, 64) for o in outs)
+    assert any(float((outs[0] - o).abs().max()) > 0.01 for o in outs[1:])
+
+
+def test_jpeg_bytes_without_draft_match_exactly():
+    data = _jpeg_bytes(_photo(1024, 768, seed=5))
+    ref = open_clip.image_transform(224, is_train=False)(Image.open(io.BytesIO(data)))
+    ours = image_transform(224, is_train=False, draft=False)(data)
+    assert _pixel_diff(ours, ref) <= ONE_LEVEL
+
+
+def test_draft_decodes_reduced_size_only_when_source_is_twice_the_target():
+    data = _jpeg_bytes(_photo(1024, 768, seed=6).filter(ImageFilter.GaussianBlur(1.5)))  # photo-like
+    fn = image_transform(224, is_train=False)
+    img = Image.open(io.BytesIO(data))
+    assert fn._draft(img, (298, 224)) and img.size == (512, 384)  # 1/2 scale still covers 298x224
+    small = Image.open(io.BytesIO(_jpeg_bytes(_photo(400, 300))))
+    assert not fn._draft(small, (298, 224)) and small.size == (400, 300)
+    # The drafted result is close to the full decode (a DCT-domain 2x reduction, then bicubic).
+    ref = open_clip.image_transform(224, is_train=False)(Image.open(io.BytesIO(data)))
+    ours = fn(data)
+    mean_diff = float(((ours - ref).abs() * STD).mean())
+    assert ours.shape == ref.shape and mean_diff < 3 / 255, mean_diff  # measured 1.9 / 255
+
+
+def test_draft_train_and_other_modes_have_right_shape():
+    data = _jpeg_bytes(_photo(900, 700, seed=7))
+    for kw in ({"is_train": True}, {"is_train": False, "resize_mode": "longest"},
+               {"is_train": False, "resize_mode": "squash"}):
+        assert image_transform((48, 64), **kw)(data).shape == (3, 48, 64)
+
+
+def test_bad_options_name_the_field():
+    with pytest.raises(ConfigError, match="resize_mode='fit'"):
+        image_transform(224, False, resize_mode="fit")
+    with pytest.raises(ConfigError, match="interpolation='nearest'"):
+        image_transform(224, False, interpolation="nearest")
+    assert OPENAI_MEAN == (0.48145466, 0.4578275, 0.40821073)
