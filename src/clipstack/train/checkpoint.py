@@ -1,0 +1,189 @@
+"""Training checkpoints: atomic folders holding everything needed to continue bit for bit.
+
+`RUN/checkpoints/step_000120/` holds `state.pt` (model, optimizer, scheduler, grad scaler, step, epoch,
+data position and counters) -- or, under FSDP, `sharded/` written by torch.distributed.checkpoint plus
+`state.pt` without the model and optimizer -- one `rng_rank{r}.pt` per rank (python, numpy, torch and
+CUDA generator states) and `meta.json`, written last. The folder is assembled as `.tmp-step_000120` and
+renamed into place, so a kill at any moment leaves the earlier checkpoints whole; `latest` is the highest
+step folder that has its `meta.json`. Only the last K are kept.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from clipstack.errors import ClipstackError
+from clipstack.io import write_json
+
+__all__ = ["checkpoint_dir", "list_checkpoints", "resolve_resume", "save_checkpoint", "load_checkpoint",
+           "rng_state", "set_rng_state"]
+
+_PREFIX = "step_"
+
+
+def checkpoint_dir(run_dir: str | os.PathLike) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def list_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
+    """Complete checkpoints of a run, oldest first (a folder counts once its meta.json exists)."""
+    root = checkpoint_dir(run_dir)
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(_PREFIX) and (p / "meta.json").is_file()]
+    return sorted(found, key=lambda p: int(p.name[len(_PREFIX):]))
+
+
+def resolve_resume(resume: str | None, run_dir: str | os.PathLike) -> Path | None:
+    """`latest` -> the newest complete checkpoint of `run_dir` (None when there is none yet); a path -> it."""
+    if not resume:
+        return None
+    if resume == "latest":
+        found = list_checkpoints(run_dir)
+        return found[-1] if found else None
+    path = Path(resume)
+    if not (path / "meta.json").is_file():
+        raise ClipstackError(f"checkpoint.resume: {path} is not a complete checkpoint folder (no meta.json)")
+    return path
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _dist():
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist
+    return None
+
+
+def _barrier() -> None:
+    dist = _dist()
+    if dist is not None:
+        dist.barrier()
+
+
+def save_checkpoint(run_dir: str | os.PathLike, step: int, *, model: torch.nn.Module,
+                    optimizer: torch.optim.Optimizer, scheduler: Any = None, scaler: Any = None,
+                    extra: dict[str, Any] | None = None, keep_last: int = 3, sharded: bool = False,
+                    rank: int = 0) -> Path:
+    """Write checkpoint `step` atomically (every rank calls this); return its folder."""
+    root = checkpoint_dir(run_dir)
+    final = root / f"{_PREFIX}{step:06d}"
+    tmp = root / f".tmp-{final.name}"
+    if rank == 0:
+        root.mkdir(parents=True, exist_ok=True)
+        for stale in root.glob(".tmp-*"):  # left by a kill during an earlier write
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp.mkdir()
+    _barrier()
+    state: dict[str, Any] = {
+        "step": step,
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        **(extra or {}),
+    }
+    if sharded:
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_state_dict
+
+        model_sd, optim_sd = get_state_dict(model, optimizer)
+        dcp.save({"model": model_sd, "optimizer": optim_sd}, checkpoint_id=str(tmp / "sharded"))
+    else:
+        state["model"] = _unwrap(model).state_dict()
+        state["optimizer"] = optimizer.state_dict()
+    if rank == 0:
+        _save_synced(state, tmp / "state.pt")
+    _save_synced(rng_state(), tmp / f"rng_rank{rank}.pt")
+    _barrier()
+    if rank == 0:
+        write_json(tmp / "meta.json", {"step": step, "epoch": state.get("epoch"), "sharded": sharded,
+                                       "world_size": _world_size()})
+        _fsync_dir(tmp)
+        if final.exists():  # the same step saved again (e.g. the final save after a periodic one)
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _fsync_dir(root)
+        for old in list_checkpoints(run_dir)[:-keep_last]:
+            shutil.rmtree(old, ignore_errors=True)
+    _barrier()
+    return final
+
+
+def load_checkpoint(path: str | os.PathLike, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                    scheduler: Any = None, scaler: Any = None, rank: int = 0,
+                    restore_rng: bool = True) -> dict[str, Any]:
+    """Restore every part saved by `save_checkpoint` in place; return the saved dict (step, epoch, ...)."""
+    path = Path(path)
+    meta = json.loads((path / "meta.json").read_text(encoding="utf-8"))
+    state = torch.load(path / "state.pt", map_location="cpu", weights_only=False)
+    if meta.get("sharded"):
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+        model_sd, optim_sd = get_state_dict(model, optimizer)
+        loaded = {"model": model_sd, "optimizer": optim_sd}
+        dcp.load(loaded, checkpoint_id=str(path / "sharded"))
+        set_state_dict(model, optimizer, model_state_dict=loaded["model"], optim_state_dict=loaded["optimizer"])
+    else:
+        if "model" not in state:
+            raise ClipstackError(f"{path}: checkpoint has no model state")
+        _unwrap(model).load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+    if scheduler is not None and state.get("scheduler") is not None:
+        scheduler.load_state_dict(state["scheduler"])
+    if scaler is not None and state.get("scaler") is not None:
+        scaler.load_state_dict(state["scaler"])
+    rng_file = path / f"rng_rank{rank}.pt"
+    if restore_rng and rng_file.is_file():
+        set_rng_state(torch.load(rng_file, map_location="cpu", weights_only=False))
+    state["meta"] = meta
+    return state
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    for attr in ("module", "_orig_mod"):
+        while hasattr(model, attr) and isinstance(getattr(model, attr), torch.nn.Module):
+            model = getattr(model, attr)
+    return model
+
+
+def _world_size() -> int:
+    dist = _dist()
+    return dist.get_world_size() if dist is not None else 1
+
+
+def _save_synced(obj: Any, path: Path) -> None:
+    with open(path, "wb") as fh:
+        torch.save(obj, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,121 @@
+"""torch.distributed set-up for training: torchrun's environment -> process group, device, wrapped model.
+
+Under `torchrun` (WORLD_SIZE > 1) the process group uses nccl on GPUs and gloo on CPU. The model is
+wrapped with DDP, or with FSDP2 (`fully_shard` on every transformer block, then on the whole model) when
+`distributed.fsdp` is set; FSDP checkpoints go through torch.distributed.checkpoint (see checkpoint.py).
+Without torchrun everything degrades to one process and no wrapping.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from clipstack.errors import ConfigError
+
+__all__ = ["DistInfo", "init_distributed", "wrap_model", "all_reduce_mean", "any_rank", "barrier", "cleanup"]
+
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+    backend: str | None = None
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(backend: str = "auto", device: str = "auto") -> DistInfo:
+    """Join torchrun's process group when WORLD_SIZE > 1; pick the device (cuda:LOCAL_RANK or cpu)."""
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("precision.device: cuda requested but torch sees no GPU")
+    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    dev = torch.device(f"cuda:{local_rank}") if use_cuda else torch.device("cpu")
+    if use_cuda:
+        torch.cuda.set_device(dev)
+    if world <= 1:
+        return DistInfo(device=dev)
+    if backend == "auto":
+        backend = "nccl" if use_cuda else "gloo"
+    if backend == "nccl" and not use_cuda:
+        raise ConfigError("distributed.backend: nccl needs GPUs; use gloo (or auto) on CPU")
+    if not dist.is_initialized():
+        dist.init_process_group(backend=backend, device_id=dev if use_cuda else None)
+    return DistInfo(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank,
+                    device=dev, backend=backend)
+
+
+def wrap_model(model: nn.Module, info: DistInfo, fsdp: bool = False) -> nn.Module:
+    """DDP or FSDP2 around `model` (which must already be on `info.device`); unchanged on one process.
+
+    With FSDP2 the same object is returned, sharded in place (its parameters become DTensors), so the
+    optimizer must be created after this call.
+    """
+    if fsdp:
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import fully_shard
+
+        mesh = init_device_mesh(info.device.type, (info.world_size,))
+        for name, module in model.named_modules():
+            if name.endswith("resblocks") and isinstance(module, nn.ModuleList):
+                for block in module:
+                    fully_shard(block, mesh=mesh)
+        fully_shard(model, mesh=mesh)
+        return model
+    if not info.distributed:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [info.device.index] if info.device.type == "cuda" else None
+    # Frozen towers (LiT) have requires_grad=False, which DDP skips, so no unused-parameter search.
+    return DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
+
+
+def all_reduce_mean(value: float, info: DistInfo) -> float:
+    if not info.distributed:
+        return value
+    import torch.distributed as dist
+
+    t = torch.tensor([value], dtype=torch.float64, device=info.device if info.backend == "nccl" else "cpu")
+    dist.all_reduce(t)
+    return float(t.item()) / info.world_size
+
+
+def any_rank(flag: bool, info: DistInfo) -> bool:
+    """True on every rank when `flag` is true on any (so all ranks stop at the same step)."""
+    if not info.distributed:
+        return flag
+    import torch.distributed as dist
+
+    t = torch.tensor([1.0 if flag else 0.0], device=info.device if info.backend == "nccl" else "cpu")
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item() > 0)
+
+
+def barrier(info: DistInfo) -> None:
+    if info.distributed:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def cleanup(info: DistInfo) -> None:
+    import torch.distributed as dist
+
+    if info.distributed and dist.is_initialized():
+        dist.destroy_process_group()
