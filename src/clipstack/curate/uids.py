@@ -63,9 +63,16 @@ def load_subset(path: str | os.PathLike) -> np.ndarray:
         raise DataError(f"{path}: subset must be a structured array of two uint64 fields, got {arr.dtype}")
     arr = arr.astype(UID_DTYPE, copy=False) if arr.dtype.names == UID_DTYPE.names else \
         np.array([tuple(x) for x in arr.tolist()], dtype=UID_DTYPE)
-    if len(arr) > 1 and not np.all(arr[:-1] <= arr[1:]):
+    if not is_sorted(arr):
         raise DataError(f"{path}: subset uids are not sorted")
     return arr
+
+
+def is_sorted(arr: np.ndarray, strict: bool = False) -> bool:
+    """True when a uid array is in ascending 128-bit order (strictly: also without repeats)."""
+    hi, lo = arr["u0"], arr["u1"]
+    up = (hi[1:] > hi[:-1]) | ((hi[1:] == hi[:-1]) & ((lo[1:] > lo[:-1]) if strict else (lo[1:] >= lo[:-1])))
+    return bool(np.all(up))
 
 
 def in_subset(uids: Iterable[str], subset: np.ndarray) -> np.ndarray:

@@ -1,0 +1,284 @@
+"""`clipstack curate`: read a pool of shards, run the chosen steps, write curated shards and a ledger.
+
+Two streaming passes over the input shards. Pass 1 reads every sample once and keeps only small
+features (hashes, reason codes, scores, metadata matches); the steps then decide in the given order over
+those features. Pass 2 reads the shards again and writes, per input shard, one output shard holding the
+kept samples (its manifest lists the dropped ones with their reasons). Beside them: `subset.npy` (sorted
+128-bit uids, DataComp style), `ledger.parquet` (uid, key, step, reason, detail for every drop) and
+`_stats.json`. Every input sample is either kept or in the ledger: in == kept + dropped.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from clipstack.curate.steps import STEPS, Decision, Features, StepConfig, decide
+from clipstack.errors import ConfigError, DataError
+
+
+@dataclass
+class CurateConfig:
+    steps: list[str] = field(default_factory=lambda: ["text", "basic", "exact", "phash", "caption"])
+    metadata: str | None = None
+    balance_t: float = 20000.0
+    seed: int = 0
+    min_words: int = 2
+    min_chars: int = 5
+    min_side: int = 200
+    max_aspect: float = 3.0
+    phash_threshold: int = 4
+    embed_threshold: float = 0.95
+    clip_model: str | None = None
+    clip_pretrained: str | None = None
+    clip_threshold: float | None = None
+    clip_fraction: float | None = None
+    batch_size: int = 256
+    device: str = "cpu"
+
+    def validate(self) -> None:
+        for step in self.steps:
+            if step not in STEPS:
+                raise ConfigError(f"--steps: unknown step {step!r} (choose from {', '.join(STEPS)})")
+        if len(set(self.steps)) != len(self.steps):
+            raise ConfigError(f"--steps: a step is listed twice ({','.join(self.steps)})")
+        if "balance" in self.steps and not self.metadata:
+            raise ConfigError("--steps balance needs --metadata FILE (a JSON list or one entry per line)")
+        if ("clip" in self.steps or "embed" in self.steps) and not self.clip_model:
+            raise ConfigError("--steps clip/embed need --clip-model NAME_OR_PATH")
+        if "clip" in self.steps and (self.clip_threshold is None) == (self.clip_fraction is None):
+            raise ConfigError("--steps clip needs exactly one of --clip-threshold or --clip-fraction")
+        if self.clip_fraction is not None and not 0 < self.clip_fraction <= 1:
+            raise ConfigError(f"--clip-fraction must be in (0, 1], got {self.clip_fraction}")
+        if self.balance_t <= 0:
+            raise ConfigError(f"--t must be positive, got {self.balance_t}")
+
+
+@dataclass
+class CurateResult:
+    out_dir: Path
+    stats: dict[str, Any]
+    features: Features
+    decisions: dict[str, Decision]
+    reason_of: dict[int, tuple[str, str, str]]  # position -> (step, reason, detail)
+    entries: list[str] = field(default_factory=list)
+    step_cfg: StepConfig | None = None
+
+
+def _records(urls: list[str]) -> Iterator[tuple[int, dict | DataError]]:
+    """(shard ordinal, raw sample or the error that ended the shard), identical on every pass."""
+    from clipstack.data.shards import iter_shard
+
+    for shard_idx, url in enumerate(urls):
+        errors: list[DataError] = []
+        for raw in iter_shard(url, on_error=errors.append):
+            yield shard_idx, raw
+        for err in errors:
+            yield shard_idx, err
+
+
+def _read_one(raw: dict, feats: Features, cfg: CurateConfig, want_image: bool):
+    """Decode one raw sample into features; returns (caption, PIL image or None) for the batch stages."""
+    from clipstack.curate.dedup import caption_key, phash64, sha256_hex
+    from clipstack.curate.filters import BasicConfig, basic_reason, decode_caption, image_size, text_reason
+    from clipstack.curate.uids import uid_for
+    from clipstack.data.shards import decode_sample, image_bytes_to_pil
+
+    key = str(raw.get("__key__"))
+    caption, caption_bad = decode_caption(raw.get("txt"), "")
+    sample, read_reason = None, None
+    try:
+        if caption_bad:
+            raw = {k: v for k, v in raw.items() if k != "txt"}  # decode the rest; the caption is the reason
+        sample = decode_sample(raw)
+    except DataError:
+        read_reason = "unreadable"
+    meta = sample.meta if sample else {}
+    if sample is not None and caption is not None and "txt" not in raw:
+        caption = sample.caption
+    feats.keys.append(key)
+    feats.uids.append(uid_for(key, meta))
+    feats.non_utf8.append(caption is None)
+    size = image_size(sample.image) if sample is not None else None
+    if sample is not None and size is None:
+        read_reason = "corrupt_image"
+    if read_reason is None and caption is None and "text" not in cfg.steps:
+        read_reason = "non_utf8"  # cannot be written as a caption, with or without the text filter
+    feats.read_reason.append(read_reason)
+    text = caption or ""
+    feats.text_reason.append(text_reason(caption) if read_reason is None else None)
+    basic = BasicConfig(cfg.min_words, cfg.min_chars, cfg.min_side, cfg.max_aspect)
+    feats.basic_reason.append(basic_reason(text, size, basic) if size is not None else None)
+    feats.sha.append(sha256_hex(sample.image) if sample is not None else "")
+    feats.caption_key.append(caption_key(text))
+    image = None
+    if size is not None and ("phash" in cfg.steps or want_image):
+        image = image_bytes_to_pil(sample.image)
+    feats.phash.append(phash64(image) if image is not None and "phash" in cfg.steps else 0)
+    return text, (image if want_image else None)
+
+
+def extract_features(urls: list[str], cfg: CurateConfig, matcher=None, scorer=None) -> Features:
+    """Pass 1: features for every sample (and one record per shard-ending read error)."""
+    from clipstack.progress import progress
+
+    feats = Features()
+    want_image = scorer is not None
+    batch_pos: list[int] = []
+    batch_text: list[str] = []
+    batch_img: list = []
+
+    def flush():
+        if matcher is not None:
+            off, ids = matcher.match(batch_text)
+            feats.match_offsets.append(off)
+            feats.match_ids.append(ids)
+        if scorer is not None:
+            scores = np.full(len(batch_text), np.nan, dtype=np.float32)
+            emb = np.zeros((len(batch_text), int(scorer.model.embed_dim)), dtype=np.float32)
+            ok = [j for j, im in enumerate(batch_img) if im is not None]
+            if ok:
+                img_e, txt_e = scorer.embed([batch_img[j] for j in ok], [batch_text[j] for j in ok])
+                scores[ok] = np.sum(img_e * txt_e, axis=1)
+                emb[ok] = img_e
+            feats.clip_score.extend(scores.tolist())
+            feats.embeddings.append(emb)
+        batch_pos.clear()
+        batch_text.clear()
+        batch_img.clear()
+
+    bar = progress(desc="curate: read", unit="sample")
+    for shard_idx, rec in _records(urls):
+        feats.shard.append(shard_idx)
+        if isinstance(rec, DataError):
+            for name, value in (("keys", f"{Path(urls[shard_idx]).name}:unreadable"), ("uids", "0" * 32),
+                                ("non_utf8", False), ("read_reason", "unreadable_shard"),
+                                ("text_reason", None), ("basic_reason", None), ("sha", ""),
+                                ("caption_key", ""), ("phash", 0)):
+                getattr(feats, name).append(value)
+            text, image = "", None
+        else:
+            text, image = _read_one(rec, feats, cfg, want_image)
+        batch_pos.append(len(feats) - 1)
+        batch_text.append(text)
+        batch_img.append(image)
+        bar.update(1)
+        if len(batch_pos) >= cfg.batch_size:
+            flush()
+    if batch_pos:
+        flush()
+    bar.close()
+    return feats
+
+
+def curate(in_shards, out_dir: str | os.PathLike, cfg: CurateConfig) -> CurateResult:
+    """Curate `in_shards` (a folder, brace pattern or list of tars) into `out_dir`; see module doc."""
+    from clipstack.curate.matching import Matcher, load_metadata
+    from clipstack.data.shards import expand_urls
+
+    cfg.validate()
+    urls = expand_urls(in_shards)
+    if not urls:
+        raise DataError(f"{in_shards}: no .tar shards found")
+    out = Path(out_dir)
+    entries = load_metadata(cfg.metadata) if cfg.metadata else []
+    matcher = Matcher(entries) if "balance" in cfg.steps else None
+    scorer = None
+    if "clip" in cfg.steps or "embed" in cfg.steps:
+        from clipstack.curate.filters import ClipScorer
+
+        scorer = ClipScorer(cfg.clip_model, cfg.clip_pretrained, cfg.device)
+    feats = extract_features(urls, cfg, matcher, scorer)
+    step_cfg = StepConfig(cfg.phash_threshold, cfg.embed_threshold, cfg.clip_threshold, cfg.clip_fraction,
+                          cfg.balance_t, cfg.seed, len(entries))
+    n = len(feats)
+    readable = np.array([r is None for r in feats.read_reason], dtype=bool)
+    reason_of: dict[int, tuple[str, str, str]] = {
+        i: ("read", feats.read_reason[i], "") for i in np.flatnonzero(~readable)}
+    alive = readable.copy()
+    decisions: dict[str, Decision] = {}
+    sizes = [("in", n), ("read", int(alive.sum()))]
+    for step in cfg.steps:
+        dec = decide(step, feats, alive, step_cfg)
+        for i in np.flatnonzero(dec.drop):
+            reason_of[int(i)] = (step, dec.reasons[int(i)], dec.details.get(int(i), ""))
+        alive &= ~dec.drop
+        decisions[step] = dec
+        sizes.append((step, int(alive.sum())))
+    stats = _write_outputs(urls, out, feats, alive, reason_of, sizes, cfg, decisions)
+    return CurateResult(out, stats, feats, decisions, reason_of, entries, step_cfg)
+
+
+def _write_outputs(urls, out: Path, feats: Features, alive: np.ndarray, reason_of, sizes, cfg, decisions):
+    """Pass 2: curated shards, subset file, ledger and stats."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from clipstack.curate.uids import write_subset
+    from clipstack.data.shards import Drop, decode_sample, write_shard, write_sizes
+    from clipstack.io import atomic_path, write_json
+    from clipstack.progress import progress
+
+    shards_dir = out / "shards"
+    shards_dir.mkdir(parents=True, exist_ok=True)
+    records = iter(_records(urls))
+    pos = 0
+    bar = progress(total=len(feats), desc="curate: write", unit="sample")
+    for shard_idx in range(len(urls)):
+        drops: list[Drop] = []
+
+        def kept_samples(shard_idx=shard_idx, drops=drops):
+            nonlocal pos
+            while pos < len(feats) and feats.shard[pos] == shard_idx:
+                _, rec = next(records)
+                i, pos = pos, pos + 1
+                bar.update(1)
+                if alive[i]:
+                    sample = decode_sample(rec)
+                    sample.meta["uid"] = feats.uids[i]
+                    if "txt" in rec:
+                        sample.captions = [rec["txt"].decode("utf-8")] + sample.captions[1:]
+                    yield sample
+                else:
+                    step, reason, detail = reason_of[i]
+                    drops.append(Drop(feats.keys[i], f"{step}:{reason}", detail, {"uid": feats.uids[i]}))
+
+        write_shard(shards_dir, shard_idx, kept_samples(), drops)
+    bar.close()
+    write_sizes(shards_dir)
+    if pos != len(feats):
+        raise DataError(f"{urls}: shards changed between the two curation passes ({pos} != {len(feats)})")
+    write_subset(out / "subset.npy", [feats.uids[i] for i in np.flatnonzero(alive)])
+    rows = sorted(reason_of.items())
+    table = pa.table({
+        "uid": [feats.uids[i] for i, _ in rows], "key": [feats.keys[i] for i, _ in rows],
+        "shard": [Path(urls[feats.shard[i]]).name for i, _ in rows],
+        "step": [r[0] for _, r in rows], "reason": [r[1] for _, r in rows],
+        "detail": [r[2] for _, r in rows],
+    })
+    with atomic_path(out / "ledger.parquet") as tmp:
+        pq.write_table(table, tmp)
+    by_step: dict[str, dict[str, int]] = {}
+    for step, reason, _ in reason_of.values():
+        by_step.setdefault(step, Counter())[reason] += 1
+    stats = {
+        "in": len(feats), "kept": int(alive.sum()), "dropped": len(reason_of),
+        "steps": list(cfg.steps), "sizes_after_step": dict(sizes),
+        "dropped_by_step": {s: dict(sorted(c.items())) for s, c in by_step.items()},
+        "input_shards": [str(u) for u in urls], "output_shards": str(shards_dir),
+        "subset": str(out / "subset.npy"), "ledger": str(out / "ledger.parquet"),
+    }
+    for step, dec in decisions.items():
+        info = {k: v for k, v in dec.info.items() if not isinstance(v, np.ndarray)}
+        if info:
+            stats.setdefault("step_info", {})[step] = info
+    if stats["in"] != stats["kept"] + stats["dropped"]:
+        raise AssertionError(f"ledger mismatch: in {stats['in']} != kept {stats['kept']} + dropped")
+    write_json(out / "_stats.json", stats)
+    return stats
