@@ -61,6 +61,17 @@ def _clean_canonicalize(text: str) -> str:
 _CLEANERS = {"lower": _clean_lower, "whitespace": _clean_whitespace, "canonicalize": _clean_canonicalize}
 
 
+@functools.lru_cache(maxsize=2)
+def _load_bpe(bpe_path: str) -> tuple[dict[str, int], dict[tuple[str, str], int]]:
+    """(symbol -> id, merge pair -> rank), read once per process (every tokenizer shares them)."""
+    with gzip.open(bpe_path, "rt", encoding="utf-8") as fh:
+        lines = fh.read().split("\n")[1 : NUM_MERGES + 1]  # line 0 is a version header
+    merges = [tuple(line.split()) for line in lines]
+    byte_symbols = list(bytes_to_unicode().values())
+    vocab = byte_symbols + [s + "</w>" for s in byte_symbols] + ["".join(m) for m in merges] + [SOT, EOT]
+    return {symbol: i for i, symbol in enumerate(vocab)}, {pair: rank for rank, pair in enumerate(merges)}
+
+
 class Tokenizer:
     """`tokenizer(texts, context_length=None) -> LongTensor[N, context_length]`."""
 
@@ -72,16 +83,10 @@ class Tokenizer:
         self.byte_encoder = bytes_to_unicode()
         self.byte_decoder = {v: k for k, v in self.byte_encoder.items()}
 
-        with gzip.open(bpe_path, "rt", encoding="utf-8") as fh:
-            lines = fh.read().split("\n")[1 : NUM_MERGES + 1]  # line 0 is a version header
-        merges = [tuple(line.split()) for line in lines]
-        byte_symbols = list(self.byte_encoder.values())
-        vocab = byte_symbols + [s + "</w>" for s in byte_symbols] + ["".join(m) for m in merges] + [SOT, EOT]
-        self.encoder = {symbol: i for i, symbol in enumerate(vocab)}
+        self.encoder, self.bpe_ranks = _load_bpe(str(bpe_path))
         self.decoder = {i: symbol for symbol, i in self.encoder.items()}
-        self.bpe_ranks = {pair: rank for rank, pair in enumerate(merges)}
+        self.vocab_size = len(self.encoder)
         self.sot_token_id, self.eot_token_id = self.encoder[SOT], self.encoder[EOT]
-        self.vocab_size = len(vocab)
         # words: the special tokens, contractions, letter runs, single digits, punctuation runs
         self.pattern = regex.compile(
             rf"{SOT}|{EOT}|'s|'t|'re|'ve|'m|'ll|'d|[\p{{L}}]+|[\p{{N}}]|[^\s\p{{L}}\p{{N}}]+", regex.IGNORECASE
