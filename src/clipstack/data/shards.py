@@ -198,28 +198,48 @@ def iter_shard(path: str | os.PathLike, on_error: Callable[[DataError], None] | 
     """Yield raw samples (`__key__`, `__url__`, then one bytes value per member extension).
 
     A missing, truncated or corrupt tar raises `DataError` naming the shard and the samples read so far,
-    unless `on_error` is given, in which case it is called and the shard ends there.
+    unless `on_error` is given, in which case it is called and the shard ends there. Members are grouped
+    here rather than by webdataset's `group_by_keys`, which holds each sample until the next key shows
+    up and so loses the last whole sample before the damage; here that sample is yielded (every member
+    it has was read in full).
     """
-    from webdataset.tariterators import group_by_keys, tar_file_iterator
+    from webdataset.tariterators import base_plus_ext, tar_file_iterator
 
     path = str(path)
     count = 0
+    current: dict[str, Any] | None = None
     try:
         with open(path, "rb") as fh:
-            files = ({**f, "__url__": path} for f in tar_file_iterator(fh))
-            for sample in group_by_keys(files):
-                count += 1
-                yield sample
+            for member in tar_file_iterator(fh):
+                prefix, suffix = base_plus_ext(member["fname"])
+                if prefix is None:
+                    continue
+                if current is not None and current["__key__"] != prefix:
+                    count += 1
+                    yield current
+                    current = None
+                if current is None:
+                    current = {"__key__": prefix, "__url__": path}
+                if suffix in current:  # a repeated member name: keep the first, as the tar order says
+                    continue
+                current[suffix] = member["data"]
     except FileNotFoundError:
         err = DataError(f"{path}: shard not found")
         if on_error is None:
             raise err from None
         on_error(err)
+        return
     except (tarfile.TarError, OSError, EOFError, ValueError) as exn:
+        if current is not None and any(ext in current for ext in IMAGE_EXTS):
+            count += 1
+            yield current
         err = DataError(f"{path}: unreadable tar after {count} samples ({type(exn).__name__}: {exn})")
         if on_error is None:
             raise err from None
         on_error(err)
+        return
+    if current is not None:
+        yield current
 
 
 def decode_sample(raw: dict[str, Any]) -> Sample:
@@ -257,10 +277,71 @@ def read_samples(urls: str | os.PathLike | Iterable[str | os.PathLike],
                 on_error(err)
 
 
-def image_bytes_to_pil(data: bytes):
-    """Decode image bytes with PIL (fully loaded, RGB)."""
+# ----------------------------------------------------------------------------------------- image bytes
+
+# PIL's own default warning threshold (about 89.5 megapixels); a declared size above it is a bomb.
+DEFAULT_MAX_PIXELS = 89_478_485
+
+
+class SampleError(DataError):
+    """One sample cannot be used; `reason` is the ledger code (`undecodable_image`, ...)."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+def open_image(data: bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS, load: bool = True):
+    """Open encoded image bytes with PIL, refusing decompression bombs before any pixel is decoded.
+
+    The size check reads only the header, so a tiny file declaring 100 megapixels costs nothing. Raises
+    `SampleError` with reason `undecodable_image` (empty, corrupt or truncated data) or
+    `decompression_bomb` (more than `max_pixels` pixels). With `load=False` the image is returned lazily
+    opened (a JPEG can then still be drafted to a reduced size before decoding).
+    """
+    import warnings
+
+    from PIL import Image, UnidentifiedImageError
+
+    if not data:
+        raise SampleError("undecodable_image", "empty image data (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as exn:
+        raise SampleError("decompression_bomb", str(exn)) from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exn:
+        raise SampleError("undecodable_image", f"cannot identify image ({type(exn).__name__}: {exn})") from None
+    width, height = img.size
+    if max_pixels is not None and width * height > max_pixels:
+        raise SampleError("decompression_bomb",
+                          f"{width}x{height} = {width * height} pixels exceeds the limit of {max_pixels}")
+    if width <= 0 or height <= 0:
+        raise SampleError("undecodable_image", f"image declares size {width}x{height}")
+    if load:
+        load_image(img)
+    return img
+
+
+def load_image(img):
+    """Decode a lazily opened image fully; truncated or corrupt data raises `SampleError`."""
+    import warnings
+
     from PIL import Image
 
-    img = Image.open(io.BytesIO(data))
-    img.load()
-    return img.convert("RGB")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img.load()
+    except Image.DecompressionBombError as exn:
+        raise SampleError("decompression_bomb", str(exn)) from None
+    except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as exn:
+        raise SampleError("undecodable_image", f"image data is corrupt or truncated ({exn})") from None
+    return img
+
+
+def image_bytes_to_pil(data: bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS):
+    """Decode image bytes with PIL (fully loaded, RGB); `SampleError` names why it cannot be used."""
+    return open_image(data, max_pixels=max_pixels).convert("RGB")

@@ -1,0 +1,61 @@
+"""`clipstack ingest`: the data stage's command (argparse only at import; the work is imported lazily)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "ingest", help="turn an image folder, a table of paths/URLs or WebDataset shards into clean shards",
+        description="Read SRC (a folder of images with sidecar .txt files or a captions.csv; a CSV/TSV/"
+                    "parquet/JSONL table with image path-or-URL and caption columns; or .tar shards), "
+                    "check, fetch, resize and re-encode every row, and write WebDataset shards in "
+                    "img2dataset's layout to OUT_DIR. Every row ends kept or dropped with a reason "
+                    "(OUT_DIR/_stats.json, OUT_DIR/_ledger.parquet). Rerun the same command to resume.")
+    p.add_argument("src", metavar="SRC", help="input folder, table file, or shards (a .tar, folder or {a..b} pattern)")
+    p.add_argument("out_dir", metavar="OUT_DIR", help="output folder for the shards")
+    g = p.add_argument_group("input")
+    g.add_argument("--source-kind", choices=("auto", "folder", "table", "wds"), default="auto",
+                   help="kind of SRC (default: detect)")
+    g.add_argument("--url-col", default=None,
+                   help="table column with the image path or URL (default: url, path, image, file...)")
+    g.add_argument("--caption-col", action="append", default=None, metavar="COL",
+                   help="caption column; repeat for several captions per image (default: caption or text)")
+    g.add_argument("--key-col", default=None, help="column with a unique sample key (default: generated)")
+    g = p.add_argument_group("images")
+    g.add_argument("--resize-mode", choices=("no", "keep_ratio", "center_crop", "border"), default="keep_ratio",
+                   help="img2dataset's resize modes (default keep_ratio)")
+    g.add_argument("--image-size", type=int, default=256, help="target side in pixels (default 256)")
+    g.add_argument("--resize-only-if-bigger", action="store_true", help="never upscale")
+    g.add_argument("--encode-format", choices=("jpg", "png", "webp"), default="jpg",
+                   help="stored image format (default jpg)")
+    g.add_argument("--encode-quality", type=int, default=95, help="JPEG/WebP quality (default 95)")
+    g.add_argument("--min-image-size", type=int, default=0,
+                   help="drop images whose smaller side is below this (too_small; default 0)")
+    g.add_argument("--max-pixels", type=int, default=89_478_485,
+                   help="drop images declaring more pixels (decompression_bomb; default 89478485)")
+    g = p.add_argument_group("work")
+    g.add_argument("--shard-size", type=int, default=10_000, help="input rows per shard (default 10000)")
+    g.add_argument("--processes", type=int, default=1, help="worker processes (default 1)")
+    g.add_argument("--threads", type=int, default=16, help="concurrent downloads per process (default 16)")
+    g.add_argument("--timeout", type=float, default=10.0, help="seconds per HTTP request (default 10)")
+    g.add_argument("--retries", type=int, default=2, help="HTTP retries after a failure (default 2)")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=handle_ingest)
+
+
+def handle_ingest(args: argparse.Namespace) -> int:
+    from clipstack.data.ingest import IngestConfig, ingest
+    from clipstack.data.resize import Resizer
+
+    resizer = Resizer(image_size=args.image_size, resize_mode=args.resize_mode,
+                      resize_only_if_bigger=args.resize_only_if_bigger, encode_format=args.encode_format,
+                      encode_quality=args.encode_quality, min_image_size=args.min_image_size,
+                      max_pixels=args.max_pixels or None)
+    cfg = IngestConfig(source_kind=args.source_kind, url_col=args.url_col, caption_cols=args.caption_col,
+                       key_col=args.key_col, shard_size=args.shard_size, processes=args.processes,
+                       threads=args.threads, timeout=args.timeout, retries=args.retries, resizer=resizer)
+    result = ingest(args.src, args.out_dir, cfg, show_progress=False if args.no_progress else None)
+    print(result.summary())
+    return 0

@@ -1,0 +1,241 @@
+"""Ingest's input step: turn a source (image folder, table, WebDataset shards) into rows, in a fixed order.
+
+A row is one input sample before any check: where its image is (a path or URL, or bytes already read
+from a tar), its captions as text, extra metadata, and a key when the source names one. Captions are
+read with `surrogateescape`, so bytes that are not UTF-8 survive to the worker, which drops the row as
+`non_utf8_caption` instead of the whole file failing to parse. The order is deterministic so that a
+rerun assigns the same rows to the same shards (resume skips finished shards).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from clipstack.errors import DataError
+
+FOLDER_IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+TABLE_EXTS = (".csv", ".tsv", ".parquet", ".jsonl", ".json")
+URL_COLUMNS = ("url", "path", "image", "image_path", "file", "filename", "filepath")
+CAPTION_COLUMNS = ("caption", "text", "captions", "alt", "title")
+SOURCE_KINDS = ("auto", "folder", "table", "wds")
+
+
+@dataclass
+class Row:
+    location: str  # a path or URL ("" when `data` holds the bytes)
+    captions: list[str]
+    meta: dict[str, Any] = field(default_factory=dict)
+    key: str | None = None
+    data: bytes | None = None
+    caption_note: str = ""  # why there is no caption, when the source knows (e.g. no sidecar file)
+
+
+def detect_kind(src: str) -> str:
+    path = Path(src)
+    if "{" in src or src.endswith(".tar") or "::" in src:
+        return "wds"
+    if path.is_dir():
+        return "wds" if any(path.glob("*.tar")) else "folder"
+    if path.suffix.lower() in TABLE_EXTS:
+        return "table"
+    if not path.exists():
+        raise DataError(f"{src}: source not found")
+    raise DataError(f"{src}: cannot tell the source kind (a folder, a {'/'.join(TABLE_EXTS)} table or "
+                    f".tar shards); pass --source-kind")
+
+
+def open_source(src: str, kind: str = "auto", url_col: str | None = None,
+                caption_cols: list[str] | None = None, key_col: str | None = None) -> Iterator[Row]:
+    """Rows of `src` in a deterministic order."""
+    kind = detect_kind(str(src)) if kind == "auto" else kind
+    if kind == "folder":
+        return folder_rows(Path(src))
+    if kind == "table":
+        return table_rows(Path(src), url_col, caption_cols, key_col)
+    if kind == "wds":
+        return wds_rows(str(src))
+    raise DataError(f"source kind {kind!r}: expected one of {', '.join(SOURCE_KINDS)}")
+
+
+def folder_rows(root: Path) -> Iterator[Row]:
+    """Images under `root` (recursively, sorted) with a sidecar `.txt`, or listed in `captions.csv`."""
+    if not root.is_dir():
+        raise DataError(f"{root}: not a folder")
+    if (root / "captions.csv").exists():
+        yield from table_rows(root / "captions.csv", None, None, None)
+        return
+    for path in sorted(p for p in root.rglob("*") if p.suffix.lower() in FOLDER_IMAGE_EXTS and p.is_file()):
+        rel = path.relative_to(root).with_suffix("")
+        sidecar = path.with_suffix(".txt")
+        meta = {"url": str(path)}
+        key = _safe_key(str(rel))
+        if not sidecar.exists():
+            yield Row(str(path), [], meta, key, caption_note=f"no caption file {sidecar.name}")
+            continue
+        text = sidecar.read_bytes().decode("utf-8", "surrogateescape")
+        yield Row(str(path), [text], meta, key)
+
+
+def table_rows(path: Path, url_col: str | None, caption_cols: list[str] | None,
+               key_col: str | None) -> Iterator[Row]:
+    """Rows of a CSV/TSV/parquet/JSONL table: image path-or-URL column, caption column(s), extras in meta."""
+    if not path.exists():
+        raise DataError(f"{path}: table not found")
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        records: Iterator[dict[str, Any]] = _parquet_records(path)
+    elif suffix in (".jsonl", ".json"):
+        records = _jsonl_records(path)
+    else:
+        records = _csv_records(path, "\t" if suffix == ".tsv" else ",")
+    base = path.parent
+    first = True
+    for record in records:
+        if first:
+            url_col, caption_cols = _resolve_columns(path, list(record), url_col, caption_cols, key_col)
+            first = False
+        location = _text(record.get(url_col)).strip()
+        if location and "://" not in location and not os.path.isabs(location):
+            location = str(base / location)
+        captions: list[str] = []
+        for col in caption_cols:
+            captions.extend(_caption_values(record.get(col)))
+        meta = {k: _jsonable(v) for k, v in record.items() if k not in caption_cols and k != url_col}
+        meta["url"] = location
+        key = _safe_key(_text(record.get(key_col))) if key_col and record.get(key_col) not in (None, "") else None
+        yield Row(location, captions, meta, key)
+
+
+def wds_rows(urls: str) -> Iterator[Row]:
+    """Samples of existing WebDataset shards, image bytes in hand (for re-sharding / re-encoding).
+
+    A truncated tar ends its shard with a warning (the samples before the damage are kept); it cannot
+    be counted per sample, since what it held past the damage is unknown.
+    """
+    import sys
+
+    from clipstack.data.shards import IMAGE_EXTS, expand_urls, iter_shard
+
+    def warn(err: DataError) -> None:
+        print(f"clipstack: warning: {err}", file=sys.stderr)
+
+    for url in expand_urls(urls):
+        for raw in iter_shard(url, on_error=warn):
+            key = raw["__key__"]
+            ext = next((e for e in IMAGE_EXTS if e in raw), None)
+            meta: dict[str, Any] = {}
+            if "json" in raw:
+                try:
+                    meta = json.loads(raw["json"].decode("utf-8", "replace"))
+                except json.JSONDecodeError:
+                    meta = {}
+            captions = meta.pop("captions", None) or []
+            if not captions and "txt" in raw:
+                captions = [raw["txt"].decode("utf-8", "surrogateescape")]
+            for name in ("caption", "key", "status", "error_message", "width", "height", "sha256"):
+                meta.pop(name, None)
+            meta.setdefault("url", f"{url}#{key}")
+            meta["source_key"] = key
+            yield Row("" if ext else f"{url}#{key}", [str(c) for c in captions], meta, _safe_key(key),
+                      data=raw[ext] if ext else None,
+                      caption_note="" if captions or "txt" in raw else "no .txt or captions in the sample")
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+
+
+def _csv_records(path: Path, delimiter: str) -> Iterator[dict[str, Any]]:
+    with open(path, encoding="utf-8", errors="surrogateescape", newline="") as fh:
+        reader = csv.DictReader(fh, delimiter=delimiter)
+        if not reader.fieldnames:
+            raise DataError(f"{path}: no header row")
+        yield from reader
+
+
+def _jsonl_records(path: Path) -> Iterator[dict[str, Any]]:
+    with open(path, "rb") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line.decode("utf-8", "surrogateescape"))
+            except json.JSONDecodeError as exn:
+                raise DataError(f"{path}:{lineno}: not valid JSON ({exn.msg})") from None
+            if not isinstance(record, dict):
+                raise DataError(f"{path}:{lineno}: expected a JSON object per line")
+            yield record
+
+
+def _parquet_records(path: Path) -> Iterator[dict[str, Any]]:
+    import pyarrow.parquet as pq
+
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=4096):
+        yield from batch.to_pylist()
+
+
+def _resolve_columns(path: Path, columns: list[str], url_col: str | None, caption_cols: list[str] | None,
+                     key_col: str | None) -> tuple[str, list[str]]:
+    def pick(wanted: str | None, candidates: tuple[str, ...], what: str, flag: str) -> str:
+        if wanted:
+            if wanted not in columns:
+                raise DataError(f"{path}: no column {wanted!r} for the {what} (columns: {', '.join(columns)})")
+            return wanted
+        for name in candidates:
+            if name in columns:
+                return name
+        raise DataError(f"{path}: no {what} column among {', '.join(columns)}; name it with {flag}")
+
+    url = pick(url_col, URL_COLUMNS, "image path or URL", "--url-col")
+    if caption_cols:
+        caps = [pick(c, (), "caption", "--caption-col") for c in caption_cols]
+    else:
+        caps = [pick(None, CAPTION_COLUMNS, "caption", "--caption-col")]
+    if key_col:
+        pick(key_col, (), "key", "--key-col")
+    return url, caps
+
+
+def _caption_values(value: Any) -> list[str]:
+    """One caption, or several from a list value or a JSON array string (multi-caption sources)."""
+    if value is None:
+        return []
+    if isinstance(value, list | tuple):
+        return [_text(v) for v in value if v is not None]
+    text = _text(value)
+    if text.startswith("[") and text.endswith("]"):
+        try:
+            parsed = json.loads(text)
+        except json.JSONDecodeError:
+            return [text]
+        if isinstance(parsed, list):
+            return [_text(v) for v in parsed if v is not None]
+    return [text]
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "surrogateescape")
+    return str(value)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, str):
+        return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    if value is None or isinstance(value, int | float | bool | list | dict):
+        return value
+    return str(value)
+
+
+def _safe_key(key: str) -> str:
+    """WebDataset splits member names at the first dot and folders at '/': keep keys to [A-Za-z0-9_-]."""
+    return "".join(ch if ch.isascii() and (ch.isalnum() or ch in "-_") else "_" for ch in key)
