@@ -135,3 +135,48 @@ def test_classification_parity_with_clip_benchmark_and_sklearn():
     multi[:, 3] = 0  # an empty class
     ref_ap = zc.average_precision_per_class(logits, multi)
     assert torch.allclose(M.average_precision_per_class(logits, multi), ref_ap)
+
+
+# --- prompt ensembling, ZPE weighting and the linear probe on hand-built embeddings ------------------
+
+def test_prompt_ensemble_is_renormalized_mean_of_normalized():
+    from clipstack.evaluate.zeroshot import ensemble
+
+    prompts = torch.tensor([[[3.0, 0.0], [0.0, 1.0]]])  # 1 class, 2 templates
+    assert torch.allclose(ensemble(prompts), torch.tensor([[1.0, 1.0]]) / math.sqrt(2))
+
+
+def test_zpe_scores_and_weights_by_hand():
+    from clipstack.evaluate.zeroshot import build_classifier, zpe_scores, zpe_weights
+
+    images = torch.eye(2)
+    # template A separates the two classes; template B gives both classes the same embedding
+    prompts = torch.stack([torch.eye(2), torch.tensor([[1.0, 0.0], [1.0, 0.0]])], dim=1)  # [C=2, T=2, D=2]
+    scores = zpe_scores(prompts, images, logit_scale=1.0)
+    # A: logits I, class means 0.5 -> max 0.5 for both images; B: [[1,1],[0,0]] - 0.5 -> max 0.5, -0.5
+    assert torch.allclose(scores, torch.tensor([0.5, 0.0]))
+    w = zpe_weights(scores, tau=1.0)
+    assert torch.allclose(w, torch.softmax(torch.tensor([0.5, 0.0]), 0))
+    clf, weights = build_classifier(prompts, "zpe", images, logit_scale=1.0)
+    assert torch.allclose(weights, w) and torch.allclose(clf.norm(dim=-1), torch.ones(2))
+
+
+def test_linear_probe_separable_clusters_and_fewshot():
+    from clipstack.errors import DataError
+    from clipstack.evaluate.linear_probe import ProbeConfig, run_linear_probe
+
+    g = torch.Generator().manual_seed(0)
+    centers = torch.eye(6, 16) * 4
+
+    def draw(n):
+        y = torch.arange(6).repeat(n)
+        return centers[y] + 0.3 * torch.randn(len(y), 16, generator=g), y
+
+    (xtr, ytr), (xte, yte) = draw(8), draw(4)
+    out = run_linear_probe(xtr, ytr, xte, yte, 6, ProbeConfig(epochs=20, batch_size=16))["metrics"]
+    assert out["lp_acc1"] == 1.0 and out["lp_acc5"] == 1.0 and out["lp_mean_per_class_recall"] == 1.0
+    assert out["weight_decay"] in [float(v) for v in __import__("numpy").logspace(-6, 2, 97)]
+    few = run_linear_probe(xtr, ytr, xte, yte, 6, ProbeConfig(fewshot_k=2, val_proportion=0))["metrics"]
+    assert few["fewshot_k"] == 2 and few["weight_decay"] == 0.0 and few["lp_acc1"] > 0.9
+    with pytest.raises(DataError, match="has only 0 training examples"):
+        run_linear_probe(xtr, ytr, xte, yte, 7, ProbeConfig(fewshot_k=1, val_proportion=0))

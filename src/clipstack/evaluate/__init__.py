@@ -1,1 +1,33 @@
-"""evaluate stage."""
+"""Evaluation: zero-shot classification, zero-shot retrieval and linear probes with CLIP_benchmark's
+metric semantics and result JSON.
+
+    from clipstack.evaluate import evaluate
+    result = evaluate(model, tokenizer, preprocess, "out/eval/colors", "zeroshot_classification")
+    result["metrics"]["acc1"]
+
+Heavy modules (torch, matplotlib) load on first use, so importing this package stays light.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+_LAZY = {
+    "evaluate": "clipstack.evaluate.api",
+    "TASKS": "clipstack.evaluate.api",
+    "load_dataset": "clipstack.evaluate.datasets",
+    "load_results": "clipstack.evaluate.table",
+    "write_table": "clipstack.evaluate.table",
+    "load_templates": "clipstack.evaluate.templates",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'clipstack.evaluate' has no attribute {name!r}")
+
+
+__all__ = list(_LAZY)

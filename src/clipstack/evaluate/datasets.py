@@ -223,8 +223,8 @@ def _is_image_folder(root: Path) -> bool:
         return False
     split_dirs = [root / s for s in SPLIT_NAMES if (root / s).is_dir()]
     base = split_dirs[0] if split_dirs else root
-    dirs = _class_dirs(base)
-    return bool(dirs) and all(not (d / "nshards.txt").exists() for d in dirs)
+    # At least one class folder must hold images directly (a folder of datasets is not a class folder).
+    return any(p.suffix.lower() in FILE_IMAGE_EXTS for d in _class_dirs(base) for p in d.iterdir())
 
 
 def load_image_folder(root: Path) -> EvalDataset:

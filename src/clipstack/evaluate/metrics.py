@@ -126,8 +126,13 @@ def retrieval_metrics(texts_emb: torch.Tensor, images_emb: torch.Tensor,
 
 def retrieval_metrics_from_scores(scores: torch.Tensor, pos: torch.Tensor,
                                   recall_k: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
-    t2i = first_positive_rank(scores, pos)
-    i2t = first_positive_rank(scores.T, pos.T)
+    return retrieval_metrics_from_ranks(first_positive_rank(scores, pos), first_positive_rank(scores.T, pos.T),
+                                        recall_k)
+
+
+def retrieval_metrics_from_ranks(t2i: torch.Tensor, i2t: torch.Tensor,
+                                 recall_k: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
+    """Recall@k, mean and median rank from first-positive ranks (text->image, image->text)."""
     metrics: dict[str, float] = {}
     for k in recall_k:
         metrics[f"image_retrieval_recall@{k}"] = float((t2i <= k).float().mean())

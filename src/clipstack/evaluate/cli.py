@@ -1,0 +1,107 @@
+"""`clipstack eval` (a model on evaluation sets, CLIP_benchmark JSON out) and `clipstack eval-table`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+TASK_CHOICES = ("auto", "zeroshot_classification", "zeroshot_retrieval", "linear_probe")
+
+
+def default_cache_dir() -> str:
+    base = os.environ.get("CLIPSTACK_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "clipstack")
+    return os.path.join(base, "eval_embeddings")
+
+
+def register(sub) -> None:
+    p = sub.add_parser("eval", help="evaluate a model: zero-shot classification, retrieval or linear probe",
+                       description="Evaluate a model on evaluation sets; writes CLIP_benchmark-format JSON "
+                                   "(dataset, model, pretrained, task, metrics, language) and PNGs beside it.")
+    p.add_argument("--model", required=True, help="model config name, config JSON, or model folder")
+    p.add_argument("--pretrained", default=None, help="weights (file, folder or hf-hub:) to load into --model")
+    p.add_argument("--dataset", required=True, nargs="+", help="evaluation set path(s)")
+    p.add_argument("--task", nargs="+", default=["auto"], choices=TASK_CHOICES,
+                   help="task(s); auto: retrieval sets -> zeroshot_retrieval, others -> zeroshot_classification")
+    p.add_argument("--output", default="{dataset}_{model}_{task}.json",
+                   help="output path template; fields {dataset} {model} {pretrained} {task} {language}")
+    p.add_argument("--layout", default=None, help="dataset layout (default: detected)")
+    p.add_argument("--split", default="test")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "amp", "amp_bf16"))
+    p.add_argument("--templates", default=None,
+                   help="template set name (openai_imagenet, simple, classname) or file; default: the set's own")
+    p.add_argument("--prompt-weighting", default="mean", choices=("mean", "zpe"))
+    p.add_argument("--zpe-tau", type=float, default=1.0, help="softmax temperature for ZPE template weights")
+    p.add_argument("--recall-k", type=int, nargs="+", default=[1, 5, 10])
+    p.add_argument("--fewshot-k", type=int, default=-1, help="linear probe: examples per class (-1: all)")
+    p.add_argument("--fewshot-epochs", type=int, default=10)
+    p.add_argument("--fewshot-lr", type=float, default=0.1)
+    p.add_argument("--val-proportion", type=float, default=0.2,
+                   help="linear probe: share of train held out for the weight-decay search when no val split")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--language", default="en")
+    p.add_argument("--cache-dir", default=None, help="embedding cache (default $CLIPSTACK_CACHE or ~/.cache)")
+    p.add_argument("--no-cache", action="store_true", help="do not read or write the embedding cache")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNGs")
+    p.set_defaults(func=handle_eval)
+
+    t = sub.add_parser("eval-table", help="combine eval result JSONs into one CSV or Markdown table")
+    t.add_argument("results", nargs="+", help="result JSON files or folders of them")
+    t.add_argument("--out", required=True, help="table.csv or table.md")
+    t.set_defaults(func=handle_table)
+
+
+def _slug(text: str) -> str:
+    return text.strip("/").replace("/", "_") if text else ""
+
+
+def handle_eval(args: argparse.Namespace) -> int:
+    import torch
+
+    from clipstack.evaluate.api import evaluate
+    from clipstack.evaluate.datasets import load_dataset
+    from clipstack.io import write_json
+    from clipstack.models import create_model_from_pretrained, get_tokenizer
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    torch.manual_seed(args.seed)  # a randomly initialised model (no weights) is then the same every run
+    model, preprocess = create_model_from_pretrained(args.model, pretrained=args.pretrained, device=device)
+    tokenizer = get_tokenizer(args.model)
+    model_path = Path(args.model)
+    model_name = model_path.name if model_path.exists() else args.model
+    pretrained = args.pretrained or (args.model if model_path.exists() else "")
+    cache_dir = None if args.no_cache else (args.cache_dir or default_cache_dir())
+    for dataset_path in args.dataset:
+        ds = load_dataset(dataset_path, args.layout)
+        tasks = [("zeroshot_retrieval" if ds.kind == "retrieval" else "zeroshot_classification")
+                 if t == "auto" else t for t in args.task]
+        for task in tasks:
+            out = Path(args.output.format(dataset=_slug(ds.name), model=_slug(model_name),
+                                          pretrained=_slug(Path(pretrained).name if pretrained else "none"),
+                                          task=task, language=args.language))
+            result = evaluate(model, tokenizer, preprocess, ds, task, model_name=model_name, pretrained=pretrained,
+                              language=args.language, split=args.split, batch_size=args.batch_size,
+                              device=device, precision=args.precision, templates=args.templates,
+                              prompt_weighting=args.prompt_weighting, zpe_tau=args.zpe_tau,
+                              recall_k=args.recall_k, fewshot_k=args.fewshot_k, epochs=args.fewshot_epochs,
+                              lr=args.fewshot_lr, seed=args.seed, val_proportion=args.val_proportion,
+                              cache_dir=cache_dir, plots=None if args.no_plots else out.with_suffix(""))
+            write_json(out, result)
+            shown = ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
+                              for k, v in result["metrics"].items())
+            print(f"{ds.name} {task}: {shown}")
+            print(f"wrote {out}")
+    return 0
+
+
+def handle_table(args: argparse.Namespace) -> int:
+    from clipstack.evaluate.table import load_results, write_table
+
+    results = load_results(args.results)
+    text = write_table(results, args.out)
+    if args.out.endswith(".md"):
+        print(text, end="")
+    print(f"wrote {args.out} ({len(results)} results)")
+    return 0

@@ -1,0 +1,103 @@
+"""`clipstack eval-table`: many CLIP_benchmark result JSONs -> one CSV or Markdown table.
+
+One row per result (dataset, model, pretrained, task, language), one column per metric name seen in any
+result (blank where a result lacks it), in a fixed order: headline metrics first.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections.abc import Iterable
+from pathlib import Path
+
+from clipstack.errors import DataError
+from clipstack.io import atomic_open
+
+RESULT_KEYS = ("dataset", "model", "pretrained", "task", "metrics", "language")
+ID_COLUMNS = ["dataset", "model", "pretrained", "task", "language"]
+_FIRST = ["acc1", "acc5", "mean_per_class_recall", "mean_average_precision", "lp_acc1", "lp_acc5",
+          "lp_mean_per_class_recall"]
+
+
+def load_results(paths: Iterable[str | Path]) -> list[dict]:
+    """Read result files; a folder contributes every `*.json` in it."""
+    files: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            files.extend(sorted(p.glob("*.json")))
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise DataError(f"{p}: no such result file or folder")
+    results = []
+    for f in files:
+        try:
+            data = json.loads(f.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as err:
+            raise DataError(f"{f}: not a JSON result ({err})") from None
+        missing = [k for k in RESULT_KEYS if not isinstance(data, dict) or k not in data]
+        if missing:
+            raise DataError(f"{f}: not a CLIP_benchmark result (missing {', '.join(missing)})")
+        results.append(data)
+    if not results:
+        raise DataError("eval-table: no result files given")
+    return results
+
+
+def _metric_order(name: str) -> tuple:
+    if name in _FIRST:
+        return (0, _FIRST.index(name), 0, name)
+    if "recall@" in name:
+        direction, k = name.split("@", 1)
+        return (1, direction, int(k) if k.isdigit() else 0, name)
+    return (2, name, 0, name)
+
+
+def results_table(results: list[dict]) -> tuple[list[str], list[list]]:
+    metric_names = sorted({m for r in results for m in r["metrics"]}, key=_metric_order)
+    columns = ID_COLUMNS + metric_names
+    rows = [[r.get(c, "") for c in ID_COLUMNS] + [r["metrics"].get(m, "") for m in metric_names]
+            for r in results]
+    return columns, rows
+
+
+def _fmt(value) -> str:
+    if isinstance(value, bool) or value is None:
+        return "" if value is None else str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        return f"{value:.1e}" if 0 < abs(value) < 1e-3 else f"{value:.4f}"
+    return str(value)
+
+
+def render_markdown(columns: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    lines += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def render_csv(columns: list[str], rows: list[list]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(columns)
+    w.writerows(rows)
+    return buf.getvalue()
+
+
+def write_table(results: list[dict], out: str | Path) -> str:
+    """Write `out` (.csv or .md) and return the rendered text."""
+    out = Path(out)
+    columns, rows = results_table(results)
+    if out.suffix == ".md":
+        text = render_markdown(columns, rows)
+    elif out.suffix == ".csv":
+        text = render_csv(columns, rows)
+    else:
+        raise DataError(f"--out {out}: use a .csv or .md file name")
+    with atomic_open(out, "w", encoding="utf-8", newline="") as fh:
+        fh.write(text)
+    return text
