@@ -229,8 +229,6 @@ class _ReaderStream:
         self.stats = _Stats()
         self._sources = [self._source_stream(i, src) for i, src in enumerate(spec.sources)]
         self._mix_rng = random.Random(derive_seed(spec.seed, "mix", epoch, reader))
-        self._buffer_rng = random.Random(derive_seed(spec.seed, "buffer", epoch, reader))
-        self._buffer: list[tuple] = []
         self._weights = [s.weight for s in spec.sources]
 
     def _shards(self, src_idx: int, src: Source) -> Iterator[tuple[str, int]]:
@@ -253,6 +251,25 @@ class _ReaderStream:
             passes += 1
 
     def _source_stream(self, src_idx: int, src: Source) -> Iterator[tuple]:
+        """Decoded samples of one source, shuffled through a buffer that drains at the end of each pass
+        over the reader's shards, so an epoch emits every sample of a pass before re-reading any."""
+        size = self.spec.shuffle_buffer
+        rng = random.Random(derive_seed(self.spec.seed, "buffer", self.epoch, src_idx, self.reader))
+        buffer: list[tuple] = []
+        current = None
+        for item in self._raw_source(src_idx, src):
+            if size <= 1:
+                yield item
+                continue
+            if current is not None and item[2] != current:  # a new pass: drain the old one first
+                while buffer:
+                    yield _pop_random(buffer, rng)
+            current = item[2]
+            buffer.append(item)
+            if len(buffer) >= size:
+                yield _pop_random(buffer, rng)
+
+    def _raw_source(self, src_idx: int, src: Source) -> Iterator[tuple]:
         empty_run = 0
         for url, passes in self._shards(src_idx, src):
             got = 0
@@ -274,27 +291,16 @@ class _ReaderStream:
                 raise DataError(f"{src.name}: no readable samples in {empty_run} shards in a row "
                                 f"(e.g. {url}); check the shards")
 
-    def _next_raw(self) -> tuple:
+    def _next_sample(self) -> tuple:
         if len(self._sources) == 1:
             return next(self._sources[0])
         idx = self._mix_rng.choices(range(len(self._sources)), weights=self._weights)[0]
         return next(self._sources[idx])
 
-    def _next_shuffled(self) -> tuple:
-        size = self.spec.shuffle_buffer
-        if size <= 1:
-            return self._next_raw()
-        while len(self._buffer) < size:
-            self._buffer.append(self._next_raw())
-        idx = self._buffer_rng.randrange(len(self._buffer))
-        item = self._buffer[idx]
-        self._buffer[idx] = self._next_raw()
-        return item
-
     def _next_good(self) -> tuple:
         """The next sample whose image decodes and that has a caption (bad ones counted)."""
         while True:
-            src_idx, url, passes, sample = self._next_shuffled()
+            src_idx, url, passes, sample = self._next_sample()
             if not any(c.strip() for c in sample.captions):
                 self.stats.counts["no_caption"] += 1
                 continue
@@ -338,6 +344,12 @@ class _ReaderStream:
         if k > 1:
             tokens = tokens.view(spec.batch_size, k, -1)
         return {"images": torch.stack(images), "texts": tokens, "keys": keys, "stats": self.stats.pop()}
+
+
+def _pop_random(buffer: list, rng: random.Random) -> Any:
+    i = rng.randrange(len(buffer))
+    buffer[i], buffer[-1] = buffer[-1], buffer[i]  # O(1) removal; order is random anyway
+    return buffer.pop()
 
 
 def merge_stats(total: dict[str, Any], batch_stats: dict[str, Any]) -> dict[str, Any]:

@@ -106,10 +106,12 @@ def save_checkpoint(run_dir: str | os.PathLike, step: int, *, model: torch.nn.Mo
     }
     if sharded:
         import torch.distributed.checkpoint as dcp
-        from torch.distributed.checkpoint.state_dict import get_state_dict
+        from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
 
-        model_sd, optim_sd = get_state_dict(model, optimizer)
-        dcp.save({"model": model_sd, "optimizer": optim_sd}, checkpoint_id=str(tmp / "sharded"))
+        # The model's own state_dict (DTensor shards under FSDP2) keeps its open_clip key names, which
+        # differ from attribute paths; dcp's get_model_state_dict insists they match, so it is not used.
+        dcp.save({"model": model.state_dict(), "optimizer": get_optimizer_state_dict(model, optimizer)},
+                 checkpoint_id=str(tmp / "sharded"))
     else:
         state["model"] = _unwrap(model).state_dict()
         state["optimizer"] = optimizer.state_dict()
@@ -140,12 +142,12 @@ def load_checkpoint(path: str | os.PathLike, *, model: torch.nn.Module, optimize
     state = torch.load(path / "state.pt", map_location="cpu", weights_only=False)
     if meta.get("sharded"):
         import torch.distributed.checkpoint as dcp
-        from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+        from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
 
-        model_sd, optim_sd = get_state_dict(model, optimizer)
-        loaded = {"model": model_sd, "optimizer": optim_sd}
-        dcp.load(loaded, checkpoint_id=str(path / "sharded"))
-        set_state_dict(model, optimizer, model_state_dict=loaded["model"], optim_state_dict=loaded["optimizer"])
+        loaded = {"model": model.state_dict(), "optimizer": get_optimizer_state_dict(model, optimizer)}
+        dcp.load(loaded, checkpoint_id=str(path / "sharded"))  # in place, each rank its own shards
+        model.load_state_dict(loaded["model"])
+        set_optimizer_state_dict(model, optimizer, optim_state_dict=loaded["optimizer"])
     else:
         if "model" not in state:
             raise ClipstackError(f"{path}: checkpoint has no model state")

@@ -75,7 +75,14 @@ def wrap_model(model: nn.Module, info: DistInfo, fsdp: bool = False) -> nn.Modul
             if name.endswith("resblocks") and isinstance(module, nn.ModuleList):
                 for block in module:
                     fully_shard(block, mesh=mesh)
-        fully_shard(model, mesh=mesh)
+        # FSDP2 refuses 0-d parameters (logit_scale, logit_bias), and making them 1-d would break the
+        # open_clip state_dict format; so they stay replicated plain tensors whose gradient is averaged
+        # over ranks as soon as it is accumulated (what DDP would do for them).
+        scalars = [p for p in model.parameters() if p.ndim == 0]
+        fully_shard(model, mesh=mesh, ignored_params=set(scalars))
+        for p in scalars:
+            if p.requires_grad:
+                p.register_post_accumulate_grad_hook(_average_grad)
         return model
     if not info.distributed:
         return model
@@ -84,6 +91,13 @@ def wrap_model(model: nn.Module, info: DistInfo, fsdp: bool = False) -> nn.Modul
     ids = [info.device.index] if info.device.type == "cuda" else None
     # Frozen towers (LiT) have requires_grad=False, which DDP skips, so no unused-parameter search.
     return DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
+
+
+def _average_grad(param: torch.Tensor) -> None:
+    import torch.distributed as dist
+
+    dist.all_reduce(param.grad)
+    param.grad.div_(dist.get_world_size())
 
 
 def all_reduce_mean(value: float, info: DistInfo) -> float:

@@ -367,9 +367,9 @@ class _Run:
         out = self.run_dir / "export"
         model = self.model
         if self.cfg.distributed.fsdp:
-            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-            full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+            # Every rank joins the gathers; rank 0 keeps the full tensors.
+            full = {k: (v.full_tensor() if hasattr(v, "full_tensor") else v).detach().cpu()
+                    for k, v in model.state_dict().items()}
             if not self.info.is_main:
                 return out
             model = self._build_model().cpu()
