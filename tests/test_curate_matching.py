@@ -88,6 +88,13 @@ def test_batch_boundaries_do_not_matter():
     whole = matcher.match(captions)
     for i in (0, 1, 17, 499):
         assert matcher.match_one(captions[i]) == whole[1][whole[0][i]:whole[0][i + 1]].tolist()
+    # a caption holding the batch sentinel (a private-use character) takes the per-caption path
+    odd = captions[:50] + ["cat \ue000 dog", "\ud800 lone surrogate cat"] + captions[50:100]
+    offsets, ids = matcher.match(odd)
+    for i, caption in enumerate(odd):
+        assert ids[offsets[i]:offsets[i + 1]].tolist() == reference_substr_matching(caption, metadata)
+    offsets, ids = matcher.match(captions[:50] + ["\ud800 lone surrogate cat"])
+    assert ids[offsets[50]:].tolist() == reference_substr_matching("\ud800 lone surrogate cat", metadata)
 
 
 def test_edge_cases():

