@@ -1,0 +1,180 @@
+"""The query engine behind the server: encode, search and post-filter, batching concurrent queries.
+
+HTTP handlers submit one `Query` each and await its result. A single worker takes whatever queries are
+waiting (up to `max_batch`), encodes all their texts in one model call and all their images in another,
+runs one FAISS search per (index, modality), then deduplicates and looks up metadata per query. Under
+no load a query runs alone at once (no batching delay); under load the model and FAISS see batches.
+Compute runs on one worker thread, so the event loop keeps accepting requests meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from clipstack.search.encoder import Encoder
+from clipstack.search.index import SearchIndex
+
+DEDUP_THRESHOLD = 0.94  # clip-retrieval drops a result whose embedding has IP >= this with a kept one
+
+
+class QueryError(Exception):
+    """A request that cannot be answered as asked; `field` names the request field at fault."""
+
+    def __init__(self, field: str, message: str, status: int = 422):
+        super().__init__(message)
+        self.field, self.message, self.status = field, message, status
+
+
+@dataclass
+class Query:
+    index: str
+    modality: str  # which index to search: "image" or "text"
+    kind: str  # what the query is: "text", "image" (a PIL image) or "vector"
+    payload: Any
+    num_results: int
+    num_ids: int
+    deduplicate: bool = False
+    future: asyncio.Future | None = field(default=None, repr=False)
+
+
+class Engine:
+    """Indices and their models, loaded once, and the batching worker."""
+
+    def __init__(self, indices: dict[str, SearchIndex], encoders: dict[str, Encoder | None],
+                 max_batch: int = 64):
+        self.indices = indices
+        self.encoders = encoders  # index name -> encoder (shared object when indices share a model)
+        self.max_batch = max_batch
+        self.batch_sizes: list[int] = []  # drained by the metrics endpoint
+        self._queue: asyncio.Queue[Query] | None = None
+        self._worker: asyncio.Task | None = None
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="clipstack-query")
+
+    # ------------------------------------------------------------------------------------- lifecycle
+    async def start(self) -> None:
+        self._queue = asyncio.Queue()
+        self._worker = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._worker is not None:
+            self._worker.cancel()
+            try:
+                await self._worker
+            except asyncio.CancelledError:
+                pass
+        self._pool.shutdown(wait=False)
+
+    # ------------------------------------------------------------------------------------- checks
+    def check(self, query: Query) -> None:
+        """Raise QueryError naming the field if `query` cannot run on its index."""
+        index = self.indices.get(query.index)
+        if index is None:
+            raise QueryError("indice_name", f"unknown index {query.index!r}; see /indices-list", 404)
+        if query.modality not in index.indices:
+            raise QueryError("modality", f"index {query.index!r} has no {query.modality} embeddings; "
+                             f"available: {sorted(index.indices)}")
+        if query.kind in ("text", "image") and self.encoders.get(query.index) is None:
+            raise QueryError(query.kind, f"index {query.index!r} has no model to encode a {query.kind} "
+                             "query; send embedding_input instead")
+        if query.kind == "vector" and len(query.payload) != index.dim:
+            raise QueryError("embedding_input", f"has {len(query.payload)} values; index {query.index!r} "
+                             f"has dimension {index.dim}")
+
+    async def submit(self, query: Query) -> list[dict[str, Any]]:
+        self.check(query)
+        assert self._queue is not None, "Engine.start() was not awaited"
+        query.future = asyncio.get_running_loop().create_future()
+        await self._queue.put(query)
+        return await query.future
+
+    # ------------------------------------------------------------------------------------- worker
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [await self._queue.get()]
+            while len(batch) < self.max_batch and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            self.batch_sizes.append(len(batch))
+            try:
+                results = await loop.run_in_executor(self._pool, self.run_batch, batch)
+            except Exception as exn:  # noqa: BLE001 - a failed batch fails its queries, not the worker
+                results = [exn] * len(batch)
+            for query, result in zip(batch, results):
+                if query.future is not None and not query.future.done():
+                    if isinstance(result, BaseException):
+                        query.future.set_exception(result)
+                    else:
+                        query.future.set_result(result)
+
+    def run_batch(self, batch: list[Query]) -> list[Any]:
+        """Answer queries synchronously: one encode per kind and model, one search per index."""
+        import numpy as np
+
+        vectors: list[Any] = [None] * len(batch)
+        results: list[Any] = [None] * len(batch)
+        for kind in ("text", "image"):
+            groups: dict[int, list[int]] = {}
+            for i, q in enumerate(batch):
+                if q.kind == kind:
+                    groups.setdefault(id(self.encoders[q.index]), []).append(i)
+            for members in groups.values():
+                encoder = self.encoders[batch[members[0]].index]
+                inputs = [batch[i].payload for i in members]
+                try:
+                    out = encoder.encode_texts(inputs) if kind == "text" else encoder.encode_images(inputs)
+                except Exception as exn:  # noqa: BLE001
+                    for i in members:
+                        results[i] = exn
+                    continue
+                for row, i in enumerate(members):
+                    vectors[i] = out[row]
+        for i, q in enumerate(batch):
+            if q.kind == "vector":
+                vec = np.asarray(q.payload, dtype=np.float32)
+                vectors[i] = vec / np.linalg.norm(vec)
+        groups2: dict[tuple[str, str], list[int]] = {}
+        for i, q in enumerate(batch):
+            if results[i] is None:
+                groups2.setdefault((q.index, q.modality), []).append(i)
+        for (name, modality), members in groups2.items():
+            index = self.indices[name]
+            k = min(max(batch[i].num_ids for i in members), index.rows)
+            scores, ids = index.search(modality, np.stack([vectors[i] for i in members]), k)
+            for row, i in enumerate(members):
+                results[i] = self._finish(batch[i], index, scores[row], ids[row])
+        return results
+
+    def _finish(self, query: Query, index: SearchIndex, scores, ids) -> list[dict[str, Any]]:
+        import numpy as np
+
+        keep = ids[: query.num_ids] >= 0
+        scores, ids = scores[: query.num_ids][keep], ids[: query.num_ids][keep]
+        if query.deduplicate and len(ids) > 1:
+            order = dedup_order(index.reconstruct(query.modality, ids))
+            scores, ids = scores[order], ids[order]
+        scores, ids = scores[: query.num_results], ids[: query.num_results]
+        rows = index.lookup(ids.tolist())
+        return [{**row, "id": int(i), "similarity": float(s)}
+                for row, i, s in zip(rows, ids, np.asarray(scores, dtype=np.float64))]
+
+
+def dedup_order(embeddings) -> list[int]:
+    """Positions to keep, in rank order: drop any result too similar to a better-ranked kept one."""
+    import numpy as np
+
+    emb = np.asarray(embeddings, dtype=np.float32)
+    emb = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+    sims = emb @ emb.T
+    kept: list[int] = []
+    for i in range(len(emb)):
+        if not kept or sims[i, kept].max() < DEDUP_THRESHOLD:
+            kept.append(i)
+    return kept
+
+
+def now() -> float:
+    return time.perf_counter()
