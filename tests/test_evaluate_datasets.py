@@ -156,3 +156,17 @@ def test_clip_benchmark_reads_our_wds_the_same(tmp_path):
     ours = load_dataset(root)
     assert ref.classes == ours.classnames and ref.templates == ours.templates
     assert [int(y) for _, y in ref] == [i.label for i in ours.split("test")]
+
+
+def test_folder_of_sets_expands_with_task_hints(tmp_path):
+    from clipstack.evaluate.datasets import expand_dataset_paths
+
+    evals = tmp_path / "eval"
+    write_wds_classification(evals / "probe", splits=("train", "test"))
+    write_wds_retrieval(evals / "ret")
+    (evals / "index.json").write_text('{"probe": {"task": "linear_probe"}, "ret": {"task": "zeroshot_retrieval"}}')
+    assert expand_dataset_paths([evals]) == [(evals / "probe", "linear_probe"), (evals / "ret", "zeroshot_retrieval")]
+    # one set named directly still finds its hint beside it; a set without an index has none
+    assert expand_dataset_paths([evals / "probe"]) == [(evals / "probe", "linear_probe")]
+    other = write_wds_retrieval(tmp_path / "solo")
+    assert expand_dataset_paths([other]) == [(other, None)]

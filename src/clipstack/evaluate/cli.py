@@ -20,9 +20,11 @@ def register(sub) -> None:
                                    "(dataset, model, pretrained, task, metrics, language) and PNGs beside it.")
     p.add_argument("--model", required=True, help="model config name, config JSON, or model folder")
     p.add_argument("--pretrained", default=None, help="weights (file, folder or hf-hub:) to load into --model")
-    p.add_argument("--dataset", required=True, nargs="+", help="evaluation set path(s)")
+    p.add_argument("--dataset", required=True, nargs="+",
+                   help="evaluation set path(s), or a folder of sets (e.g. the eval/ folder clipstack synth writes)")
     p.add_argument("--task", nargs="+", default=["auto"], choices=TASK_CHOICES,
-                   help="task(s); auto: retrieval sets -> zeroshot_retrieval, others -> zeroshot_classification")
+                   help="task(s); auto: the set's index.json suggestion, else retrieval sets -> zeroshot_retrieval, "
+                        "others -> zeroshot_classification")
     p.add_argument("--output", default="{dataset}_{model}_{task}.json",
                    help="output path template; fields {dataset} {model} {pretrained} {task} {language}")
     p.add_argument("--layout", default=None, help="dataset layout (default: detected)")
@@ -57,11 +59,18 @@ def _slug(text: str) -> str:
     return text.strip("/").replace("/", "_") if text else ""
 
 
+def _auto_task(ds, hint: str | None) -> str:
+    """The set's own suggestion (index.json) when it names a known task, else by the set's kind."""
+    if hint in TASK_CHOICES[1:] and not (hint == "linear_probe" and "train" not in ds.splits):
+        return hint
+    return "zeroshot_retrieval" if ds.kind == "retrieval" else "zeroshot_classification"
+
+
 def handle_eval(args: argparse.Namespace) -> int:
     import torch
 
     from clipstack.evaluate.api import evaluate
-    from clipstack.evaluate.datasets import load_dataset
+    from clipstack.evaluate.datasets import expand_dataset_paths, load_dataset
     from clipstack.io import write_json
     from clipstack.models import create_model_from_pretrained, get_tokenizer
 
@@ -73,10 +82,9 @@ def handle_eval(args: argparse.Namespace) -> int:
     model_name = model_path.name if model_path.exists() else args.model
     pretrained = args.pretrained or (args.model if model_path.exists() else "")
     cache_dir = None if args.no_cache else (args.cache_dir or default_cache_dir())
-    for dataset_path in args.dataset:
+    for dataset_path, hint in expand_dataset_paths(args.dataset):
         ds = load_dataset(dataset_path, args.layout)
-        tasks = [("zeroshot_retrieval" if ds.kind == "retrieval" else "zeroshot_classification")
-                 if t == "auto" else t for t in args.task]
+        tasks = [_auto_task(ds, hint) if t == "auto" else t for t in args.task]
         for task in tasks:
             out = Path(args.output.format(dataset=_slug(ds.name), model=_slug(model_name),
                                           pretrained=_slug(Path(pretrained).name if pretrained else "none"),
@@ -89,7 +97,7 @@ def handle_eval(args: argparse.Namespace) -> int:
                               lr=args.fewshot_lr, seed=args.seed, val_proportion=args.val_proportion,
                               cache_dir=cache_dir, plots=None if args.no_plots else out.with_suffix(""))
             write_json(out, result)
-            shown = ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
+            shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                               for k, v in result["metrics"].items())
             print(f"{ds.name} {task}: {shown}")
             print(f"wrote {out}")

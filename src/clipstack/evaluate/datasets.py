@@ -344,6 +344,37 @@ LAYOUTS: tuple[Layout, ...] = (
 )
 
 
+def expand_dataset_paths(paths: list[str | Path]) -> list[tuple[Path, str | None]]:
+    """Each path, or for a folder of evaluation sets (like `clipstack synth`'s `OUT/eval/`) every set in
+    it, with the task its `index.json` suggests (`{set: {"task": ...}}`), else None."""
+    out: list[tuple[Path, str | None]] = []
+    for raw in paths:
+        root = Path(raw)
+        if root.is_dir() and not any(lay.detect(root) for lay in LAYOUTS):
+            hints = {}
+            if (root / "index.json").is_file():
+                import json
+
+                index = json.loads((root / "index.json").read_text(encoding="utf-8"))
+                hints = {k: v.get("task") for k, v in index.items() if isinstance(v, dict)}
+            subsets = [d for d in sorted(root.iterdir()) if d.is_dir() and any(lay.detect(d) for lay in LAYOUTS)]
+            if subsets:
+                out.extend((d, hints.get(d.name)) for d in subsets)
+                continue
+        hint = None
+        index_file = root.parent / "index.json"
+        if index_file.is_file():
+            import json
+
+            try:
+                entry = json.loads(index_file.read_text(encoding="utf-8")).get(root.name)
+                hint = entry.get("task") if isinstance(entry, dict) else None
+            except (json.JSONDecodeError, AttributeError):
+                hint = None
+        out.append((root, hint))
+    return out
+
+
 def load_dataset(path: str | Path, layout: str | None = None) -> EvalDataset:
     """Load an evaluation set from `path`, detecting its layout unless `layout` names one."""
     root = Path(path)
