@@ -23,6 +23,7 @@ from clipstack.io import atomic_path, write_json
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 TAR_MTIME = 0  # fixed so the same samples give byte-identical tars
+FETCH_REASONS = ("missing_file", "http_error", "timeout")
 
 
 @dataclass
@@ -105,8 +106,11 @@ def write_shard(out_dir: str | os.PathLike, index: int, samples: Iterable[Sample
     table = pa.Table.from_pylist(rows, schema=_manifest_schema())
     with atomic_path(out / f"{name}.parquet") as tmp:
         pq.write_table(table, tmp)
+    fetch_failed = sum(1 for d in drop_list if d.reason in FETCH_REASONS)
     write_json(out / f"{name}_stats.json", {
         "count": stats.count, "successes": stats.successes, "failed": stats.failed,
+        # img2dataset's split of the failures, for tools that read its stats files
+        "failed_to_download": fetch_failed, "failed_to_resize": stats.failed - fetch_failed,
         "duration": stats.duration, "status_dict": stats.status_dict,
     })
     return stats

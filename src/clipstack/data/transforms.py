@@ -107,7 +107,13 @@ class ImageTransform:
         else:  # open_clip's ResizeKeepRatio for non-square targets rounds both sides
             ratio = min(h / th, w / tw)
             nh, nw = round(h / ratio), round(w / ratio)
-        self._draft(img, (nw, nh))
+        if nw >= tw and nh >= th and self._draft(img, (nw, nh)):
+            # Already approximate (DCT-domain reduction), so also resize only the crop window: Pillow's
+            # filter reads the pixels around the box, so this is the same crop, ~25% cheaper.
+            top, left = int(round((nh - th) / 2.0)), int(round((nw - tw) / 2.0))
+            sx, sy = img.size[0] / nw, img.size[1] / nh
+            box = (left * sx, top * sy, (left + tw) * sx, (top + th) * sy)
+            return _rgb(img.resize((tw, th), self.resample, box=box))
         # Full resize then crop, exactly torchvision's calls: Pillow picks its two passes' order per
         # call, so resizing only the crop window (box=) can round differently by several levels.
         return _center_crop_or_pad(_rgb(_resize(img, (nw, nh), self.resample)), (th, tw), 0)
@@ -126,12 +132,12 @@ class ImageTransform:
         w0, h0 = img.size
         i, j, ch, cw = random_resized_crop_params(w0, h0, self.scale, self.ratio)
         if self._draft(img, (math.ceil(w0 * tw / cw), math.ceil(h0 * th / ch))):
+            # Approximate already: resample the crop window straight from the reduced decode.
             fx, fy = img.size[0] / w0, img.size[1] / h0
-            box = (round(j * fx), round(i * fy), round((j + cw) * fx), round((i + ch) * fy))
-        else:
-            box = (j, i, j + cw, i + ch)
+            box = (j * fx, i * fy, (j + cw) * fx, (i + ch) * fy)
+            return _rgb(img.resize((tw, th), self.resample, box=box))
         # torchvision crops first, so the filter sees no pixels outside the crop: do the same.
-        return _rgb(_resize(img.crop(box), (tw, th), self.resample))
+        return _rgb(_resize(img.crop((j, i, j + cw, i + ch)), (tw, th), self.resample))
 
     def _draft(self, img: Any, needed_wh: tuple[int, int]) -> bool:
         """Ask libjpeg for the smallest 1/2^k decode still >= `needed_wh`; True if the size changed."""
