@@ -12,7 +12,7 @@ from _evaluate_util import write_retrieval_csv, write_wds_classification, write_
 
 from clipstack.cli import main
 from clipstack.errors import ClipstackError
-from clipstack.evaluate import evaluate, load_templates
+from clipstack.evaluate import evaluate, load_dataset, load_templates
 
 CB_KEYS = ["dataset", "model", "pretrained", "task", "metrics", "language"]
 
@@ -141,7 +141,10 @@ def test_bad_input_gives_one_clear_error(tmp_path, sets, capsys, tiny):
                "--no-cache", "--no-plots", "--output", str(tmp_path / "x.json")])
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1 and "broken.pt" in err and "text_projection" in err
-    rc = main(["eval", "--model", "clip-tiny", "--dataset", str(tmp_path), "--no-cache"])
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    (junk / "notes.txt").write_text("not a dataset")
+    rc = main(["eval", "--model", "clip-tiny", "--dataset", str(junk), "--no-cache"])
     assert rc == 2 and "not a layout clipstack can read" in capsys.readouterr().err
 
 
@@ -185,3 +188,21 @@ def test_zeroshot_retrieval_parity_with_clip_benchmark(tiny, sets):
     ours = evaluate(model, tok, pre, sets["ret"], "zeroshot_retrieval", recall_k=(1, 2, 5))["metrics"]
     for k, v in ref.items():
         assert ours[k] == pytest.approx(v), k
+
+
+def test_corrupt_image_is_skipped_and_counted(tmp_path, tiny):
+    from _evaluate_util import png, write_tars
+
+    from clipstack.evaluate.embed_cache import encode_split
+
+    model, _, pre = tiny
+    root = tmp_path / "withbad"
+    samples = [{"png": png((200, 0, 0), seed=i), "cls": b"0"} for i in range(3)]
+    samples.insert(1, {"png": b"\x89PNG not really", "cls": b"0"})
+    write_tars(root / "test", samples)
+    (root / "classnames.txt").write_text("red\n")
+    split = load_dataset(root).split("test")
+    for workers in (0, 2):
+        emb = encode_split(model, pre, split, batch_size=2, workers=workers)
+        assert emb.image_emb.shape[0] == 3 and emb.dropped == {"undecodable_image": 1}
+        assert emb.keys == ["s0000000", "s0000002", "s0000003"]

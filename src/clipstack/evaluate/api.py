@@ -37,6 +37,7 @@ class EvalOptions:
     train_split: str = "train"
     val_split: str = "val"
     batch_size: int = 64
+    workers: int = 0  # decode/preprocess threads per batch
     device: str | None = None
     precision: str = "fp32"  # "fp32" | "amp" (fp16 autocast on CUDA) | "amp_bf16"
     templates: str | Sequence[str] | None = None  # None: the set's own, else CLIP's 80
@@ -101,7 +102,8 @@ def _scale_metrics(model: torch.nn.Module) -> dict[str, float]:
 
 def _embeddings(model, tokenizer, preprocess, ds: EvalDataset, split: str, o: EvalOptions) -> SplitEmbeddings:
     emb = split_embeddings(model, preprocess, tokenizer, ds, split, cache=EmbedCache(o.cache_dir),
-                           model_id=o.model_id, batch_size=o.batch_size, device=o.device, precision=o.precision)
+                           model_id=o.model_id, batch_size=o.batch_size, device=o.device, precision=o.precision,
+                           workers=o.workers)
     if emb.dropped:
         log.warning("%s/%s: skipped %d samples (%s)", ds.name, split, sum(emb.dropped.values()), emb.dropped)
     return emb

@@ -30,6 +30,8 @@ def register(sub) -> None:
     p.add_argument("--layout", default=None, help="dataset layout (default: detected)")
     p.add_argument("--split", default="test")
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
+                   help="threads decoding and preprocessing images (0: in the main thread)")
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     p.add_argument("--precision", default="fp32", choices=("fp32", "amp", "amp_bf16"))
     p.add_argument("--templates", default=None,
@@ -91,6 +93,7 @@ def handle_eval(args: argparse.Namespace) -> int:
                                           task=task, language=args.language))
             result = evaluate(model, tokenizer, preprocess, ds, task, model_name=model_name, pretrained=pretrained,
                               language=args.language, split=args.split, batch_size=args.batch_size,
+                              workers=args.workers,
                               device=device, precision=args.precision, templates=args.templates,
                               prompt_weighting=args.prompt_weighting, zpe_tau=args.zpe_tau,
                               recall_k=args.recall_k, fewshot_k=args.fewshot_k, epochs=args.fewshot_epochs,

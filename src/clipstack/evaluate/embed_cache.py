@@ -77,35 +77,60 @@ def encode_texts(model: torch.nn.Module, tokenizer: Callable, texts: Sequence[st
     return torch.cat(out)
 
 
+def _load_and_preprocess(item, preprocess: Callable):
+    try:
+        return preprocess(item.load_image())
+    except Exception:  # PIL raises many types for a corrupt image; skip and count, never crash
+        return None
+
+
 @torch.no_grad()
 def encode_split(model: torch.nn.Module, preprocess: Callable, split: EvalSplit, batch_size: int = 64,
-                 device: str = "cpu", precision: str = "fp32", desc: str = "encode images") -> SplitEmbeddings:
-    """Encode every usable image of `split`; undecodable images are skipped and counted."""
+                 device: str = "cpu", precision: str = "fp32", desc: str = "encode images",
+                 workers: int = 0) -> SplitEmbeddings:
+    """Encode every usable image of `split`; undecodable images are skipped and counted.
+
+    workers > 0 decodes and preprocesses each batch on that many threads (PIL's decoders and resizers
+    release the GIL), which keeps a GPU fed; order is preserved either way.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
     embs, keys, labels, captions = [], [], [], []
-    batch: list[torch.Tensor] = []
     dropped_decode = 0
+    pool = ThreadPoolExecutor(workers) if workers > 0 else None
+    pending: list = []
 
     def flush() -> None:
-        if batch:
-            x = torch.stack(batch).to(device)
-            with autocast_context(device, precision):
-                emb = model.encode_image(x)
-            embs.append(torch.nn.functional.normalize(emb.float(), dim=-1).cpu())
-            batch.clear()
+        nonlocal dropped_decode
+        if not pending:
+            return
+        if pool is not None:
+            tensors = list(pool.map(lambda it: _load_and_preprocess(it, preprocess), pending))
+        else:
+            tensors = [_load_and_preprocess(it, preprocess) for it in pending]
+        good = [(it, t) for it, t in zip(pending, tensors) if t is not None]
+        dropped_decode += len(pending) - len(good)
+        pending.clear()
+        if not good:
+            return
+        x = torch.stack([t for _, t in good]).to(device)
+        with autocast_context(device, precision):
+            emb = model.encode_image(x)
+        embs.append(torch.nn.functional.normalize(emb.float(), dim=-1).cpu())
+        for it, _ in good:
+            keys.append(it.key)
+            labels.append(it.label)
+            captions.append(it.captions)
 
-    for item in progress(split, desc=desc, unit="img"):
-        try:
-            img = item.load_image()
-        except Exception:  # PIL raises many types for a corrupt image; skip and count, never crash
-            dropped_decode += 1
-            continue
-        batch.append(preprocess(img))
-        keys.append(item.key)
-        labels.append(item.label)
-        captions.append(item.captions)
-        if len(batch) >= batch_size:
-            flush()
-    flush()
+    try:
+        for item in progress(split, desc=desc, unit="img"):
+            pending.append(item)
+            if len(pending) >= batch_size:
+                flush()
+        flush()
+    finally:
+        if pool is not None:
+            pool.shutdown()
     dropped = dict(split.dropped)
     if dropped_decode:
         dropped["undecodable_image"] = dropped_decode
@@ -157,14 +182,15 @@ class EmbedCache:
 
 def split_embeddings(model: torch.nn.Module, preprocess: Callable, tokenizer: Callable | None,
                      dataset: EvalDataset, split: str, *, cache: EmbedCache, model_id: str | None = None,
-                     batch_size: int = 64, device: str = "cpu", precision: str = "fp32") -> SplitEmbeddings:
+                     batch_size: int = 64, device: str = "cpu", precision: str = "fp32",
+                     workers: int = 0) -> SplitEmbeddings:
     """Image (and, for retrieval sets, caption) embeddings of a split, from the cache when present."""
     key = cache.key(model_id or model_fingerprint(model), dataset, split, preprocess)
     cached = cache.load(key)
     if cached is not None:
         return cached
     emb = encode_split(model, preprocess, dataset.split(split), batch_size, device, precision,
-                       desc=f"{dataset.name}/{split} images")
+                       desc=f"{dataset.name}/{split} images", workers=workers)
     if emb.captions is not None:
         if tokenizer is None:
             raise DataError(f"{dataset.root}: retrieval needs a tokenizer")
