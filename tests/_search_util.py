@@ -80,3 +80,48 @@ def load_clip_client():
     module = importlib.util.module_from_spec(mod_spec)
     mod_spec.loader.exec_module(module)
     return module
+
+
+def jpeg_bytes(color: str, size: tuple[int, int] = (40, 32), seed: int | None = None) -> bytes:
+    """A solid-color JPEG; with `seed`, a noisy patch makes each image (and its embedding) distinct."""
+    img = Image.new("RGB", size, color)
+    if seed is not None:
+        noise = np.random.default_rng(seed).integers(0, 256, (size[1] // 2, size[0] // 2, 3), np.uint8)
+        img.paste(Image.fromarray(noise), (seed % (size[0] // 2), 0))
+    buf = io.BytesIO()
+    img.save(buf, "JPEG")
+    return buf.getvalue()
+
+
+def write_color_shards(root: Path, shards: int = 2, per_shard: int = 12, broken: bool = True) -> list[str]:
+    """Real shards of solid-color JPEGs captioned by color; with `broken`, one undecodable image."""
+    from clipstack.data.shards import Sample, write_shard
+
+    keys = []
+    for s in range(shards):
+        samples = []
+        for i in range(per_shard):
+            color = COLORS[(s * per_shard + i) % len(COLORS)]
+            key = f"{s:05d}{i:04d}"
+            samples.append(Sample(key, jpeg_bytes(color, seed=s * per_shard + i), [f"a photo of a {color} square"],
+                                  meta={"url": f"https://example.com/{key}.jpg"}))
+            keys.append(key)
+        if broken and s == 0:
+            samples[3] = Sample(samples[3].key, b"not an image", ["broken"], meta={})
+            keys.remove(samples[3].key)
+        write_shard(root, s, samples)
+    return keys
+
+
+def build_model_index(root: Path, shards: int = 2, per_shard: int = 12) -> dict[str, Path]:
+    """A saved tiny model, real shards, `clipstack embed` and `clipstack index` over them."""
+    from clipstack import models
+    from clipstack.search.embed import embed
+    from clipstack.search.index import build_index
+
+    model_dir = root / "model"
+    models.save_pretrained(models.create_model("clip-tiny"), model_dir)
+    write_color_shards(root / "shards", shards, per_shard)
+    embed(str(model_dir), str(root / "shards"), root / "emb", batch_size=16)
+    build_index(root / "emb", root / "idx", "256M", num_queries=50)
+    return {"model": model_dir, "shards": root / "shards", "emb": root / "emb", "idx": root / "idx"}
