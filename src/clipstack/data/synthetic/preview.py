@@ -15,7 +15,7 @@ THUMB, TEXT_H, COLS = 168, 74, 6
 
 
 def contact_sheet(synth_dir: str | os.PathLike, out_path: str | os.PathLike, count: int = 24,
-                  defect_examples: int = 8) -> Path:
+                  defect_examples: int = 9) -> Path:
     """Draw the first pool samples, then one example of each of up to `defect_examples` defect types.
 
     Each tile shows the image as stored (aspect kept), the `.txt` caption (wrapped, non-UTF-8 bytes
@@ -31,16 +31,22 @@ def contact_sheet(synth_dir: str | os.PathLike, out_path: str | os.PathLike, cou
     if gt_path.exists():
         table = pq.read_table(gt_path, columns=["key", "defect"])
         defects = dict(zip(table.column("key").to_pylist(), table.column("defect").to_pylist()))
-    raws: list[dict] = []
-    shown: set[str] = set()
-    first = max(0, count - defect_examples)
+    head: list[dict] = []
+    examples: dict[str, dict] = {}
     for n, raw in enumerate(_raw_samples(expand_urls(synth / "pool"), iter_shard)):
         defect = defects.get(raw["__key__"], "clean")
-        if len(raws) < first or (defect not in shown and defect != "clean"):
-            raws.append(raw)
-            shown.add(defect)
-        if len(raws) >= count or n > 5000:
+        if len(head) < count:
+            head.append(raw)
+        if defect != "clean" and len(examples) < defect_examples:
+            examples.setdefault(defect, raw)
+        if (len(head) >= count and len(examples) >= defect_examples) or n > 5000:
             break
+    # The first samples as they come, then one example of each defect type they do not show yet.
+    seen = {defects.get(r["__key__"], "clean") for r in head}
+    missing = [r for d, r in examples.items() if d not in seen]
+    keep = head[: max(0, count - len(missing))]
+    seen = {defects.get(r["__key__"], "clean") for r in keep}
+    raws = keep + [r for d, r in examples.items() if d not in seen]
     rows = max(1, -(-len(raws) // COLS))
     sheet = Image.new("RGB", (COLS * THUMB, rows * (THUMB + TEXT_H)), (255, 255, 255))
     draw = ImageDraw.Draw(sheet)
@@ -64,7 +70,7 @@ def contact_sheet(synth_dir: str | os.PathLike, out_path: str | os.PathLike, cou
         lines = textwrap.wrap(caption or "(empty caption)", width=30)[:4]
         draw.text((x + 4, y + THUMB), "\n".join(lines), fill=(20, 20, 20), font=font)
         defect = defects.get(raw["__key__"], "clean")
-        label = size_note if defect == "clean" else f"{defect} ({size_note})"
+        label = size_note if defect == "clean" else defect.replace("_", " ")
         draw.text((x + 4, y + 2), label, fill=(200, 0, 0) if defect != "clean" else (90, 90, 90),
                   font=font)
     out = Path(out_path)
