@@ -21,7 +21,10 @@ def register(sub) -> None:
     p.add_argument("--min-chars", type=int, default=5, help="basic: keep captions with more chars than this")
     p.add_argument("--min-side", type=int, default=200, help="basic: smallest allowed image side (px)")
     p.add_argument("--max-aspect", type=float, default=3.0, help="basic: largest allowed aspect ratio")
-    p.add_argument("--phash-threshold", type=int, default=4, help="phash: max Hamming distance of duplicates")
+    p.add_argument("--phash-threshold", type=int, default=4,
+                   help="phash: max Hamming distance of near duplicates")
+    p.add_argument("--phash-size", type=int, default=8,
+                   help="phash: DCT hash side; 8 = 64-bit hash, 16 = 256-bit (sharper images; use ~16)")
     p.add_argument("--embed-threshold", type=float, default=0.95,
                    help="embed: min cosine similarity of duplicates")
     p.add_argument("--clip-model", help="clip/embed: model config name or saved model folder")
@@ -59,6 +62,7 @@ def _curate(args: argparse.Namespace) -> int:
         steps=[s.strip() for s in args.steps.split(",") if s.strip()], metadata=args.metadata,
         balance_t=args.t, seed=args.seed, min_words=args.min_words, min_chars=args.min_chars,
         min_side=args.min_side, max_aspect=args.max_aspect, phash_threshold=args.phash_threshold,
+        phash_size=args.phash_size,
         embed_threshold=args.embed_threshold, clip_model=args.clip_model,
         clip_pretrained=args.clip_pretrained, clip_threshold=args.clip_threshold,
         clip_fraction=args.clip_fraction, batch_size=args.batch_size, device=args.device)

@@ -2,8 +2,8 @@
 
 Every detector is "keep the first": samples are offered in pool order and a sample is a duplicate when
 an earlier *kept* sample is close enough, so the ledger can name what it duplicates. Near-duplicate
-perceptual hashes are found with banded buckets (pigeonhole: two 64-bit hashes within Hamming distance
-k agree exactly on at least one of k+1 disjoint bands), so only bucket mates are compared, never all pairs.
+perceptual hashes are found with banded buckets (pigeonhole: two hashes within Hamming distance k
+agree exactly on at least one of k+1 disjoint bands), so only bucket mates are compared, never all pairs.
 """
 
 from __future__ import annotations
@@ -19,12 +19,12 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def phash64(image) -> int:
-    """64-bit DCT perceptual hash (imagehash.phash, 8x8) of a PIL image, as an int."""
+def phash_int(image, hash_size: int = 8) -> int:
+    """DCT perceptual hash (imagehash.phash) of a PIL image as an int of hash_size**2 bits."""
     import imagehash
 
-    bits = imagehash.phash(image, hash_size=8).hash.flatten()
-    return int(np.packbits(bits.astype(np.uint8)).view(">u8")[0])
+    bits = imagehash.phash(image, hash_size=hash_size).hash.flatten()
+    return int.from_bytes(np.packbits(bits.astype(np.uint8)).tobytes(), "big")
 
 
 _CAPTION_STRIP = re.compile(r"[\W_]+", re.UNICODE)
@@ -51,14 +51,17 @@ class ExactIndex:
 
 
 class PhashIndex:
-    """Near-duplicate search on 64-bit hashes with Hamming distance <= threshold, via banded buckets."""
+    """Near-duplicate search on `bits`-bit hashes with Hamming distance <= threshold, via banded buckets.
 
-    def __init__(self, threshold: int = 4):
-        if not 0 <= threshold < 32:
-            raise ValueError(f"phash threshold must be in [0, 32), got {threshold}")
+    Bands are bits/(threshold+1) wide, so a small threshold relative to the hash size keeps buckets
+    small; a threshold near bits/8 or more makes bands so narrow that buckets approach all pairs."""
+
+    def __init__(self, threshold: int = 4, bits: int = 64):
+        if not 0 <= threshold < bits // 2:
+            raise ValueError(f"phash threshold must be in [0, {bits // 2}), got {threshold}")
         self.threshold = threshold
         bands = threshold + 1
-        edges = np.linspace(0, 64, bands + 1).round().astype(int)
+        edges = np.linspace(0, bits, bands + 1).round().astype(int)
         self._bands = [(int(lo), int(hi)) for lo, hi in zip(edges[:-1], edges[1:])]
         self._buckets: list[dict[int, list[int]]] = [{} for _ in self._bands]
         self._hashes: list[int] = []

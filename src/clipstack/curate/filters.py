@@ -56,16 +56,22 @@ def text_reason(caption: str | None) -> str | None:
     return None
 
 
-def image_size(data: bytes) -> tuple[int, int] | None:
-    """(width, height) from the image header, fully decoding to catch truncated files; None if corrupt."""
+def load_image(data: bytes):
+    """The fully decoded PIL image (so truncated files are caught), or None when it does not decode."""
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            img.load()
-            return img.size
+        img = Image.open(io.BytesIO(data))
+        img.load()
+        return img
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError):
         return None
+
+
+def image_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) of an image that decodes fully; None if corrupt or truncated."""
+    img = load_image(data)
+    return None if img is None else img.size
 
 
 def basic_reason(caption: str, size: tuple[int, int], cfg: BasicConfig) -> str | None:

@@ -34,6 +34,7 @@ class CurateConfig:
     min_side: int = 200
     max_aspect: float = 3.0
     phash_threshold: int = 4
+    phash_size: int = 8
     embed_threshold: float = 0.95
     clip_model: str | None = None
     clip_pretrained: str | None = None
@@ -56,6 +57,9 @@ class CurateConfig:
             raise ConfigError("--steps clip needs exactly one of --clip-threshold or --clip-fraction")
         if self.clip_fraction is not None and not 0 < self.clip_fraction <= 1:
             raise ConfigError(f"--clip-fraction must be in (0, 1], got {self.clip_fraction}")
+        if self.phash_size < 4 or not 0 <= self.phash_threshold < self.phash_size ** 2 // 2:
+            raise ConfigError(f"--phash-threshold {self.phash_threshold} must be in [0, "
+                              f"{self.phash_size ** 2 // 2}) for --phash-size {self.phash_size} (>= 4)")
         if self.balance_t <= 0:
             raise ConfigError(f"--t must be positive, got {self.balance_t}")
 
@@ -85,10 +89,10 @@ def _records(urls: list[str]) -> Iterator[tuple[int, dict | DataError]]:
 
 def _read_one(raw: dict, feats: Features, cfg: CurateConfig, want_image: bool):
     """Decode one raw sample into features; returns (caption, PIL image or None) for the batch stages."""
-    from clipstack.curate.dedup import caption_key, phash64, sha256_hex
-    from clipstack.curate.filters import BasicConfig, basic_reason, decode_caption, image_size, text_reason
+    from clipstack.curate.dedup import caption_key, phash_int, sha256_hex
+    from clipstack.curate.filters import BasicConfig, basic_reason, decode_caption, load_image, text_reason
     from clipstack.curate.uids import uid_for
-    from clipstack.data.shards import decode_sample, image_bytes_to_pil
+    from clipstack.data.shards import decode_sample
 
     key = str(raw.get("__key__"))
     caption, caption_bad = decode_caption(raw.get("txt"), "")
@@ -105,7 +109,8 @@ def _read_one(raw: dict, feats: Features, cfg: CurateConfig, want_image: bool):
     feats.keys.append(key)
     feats.uids.append(uid_for(key, meta))
     feats.non_utf8.append(caption is None)
-    size = image_size(sample.image) if sample is not None else None
+    decoded = load_image(sample.image) if sample is not None else None
+    size = decoded.size if decoded is not None else None
     if sample is not None and size is None:
         read_reason = "corrupt_image"
     if read_reason is None and caption is None and "text" not in cfg.steps:
@@ -119,8 +124,8 @@ def _read_one(raw: dict, feats: Features, cfg: CurateConfig, want_image: bool):
     feats.caption_key.append(caption_key(text))
     image = None
     if size is not None and ("phash" in cfg.steps or want_image):
-        image = image_bytes_to_pil(sample.image)
-    feats.phash.append(phash64(image) if image is not None and "phash" in cfg.steps else 0)
+        image = decoded.convert("RGB")
+    feats.phash.append(phash_int(image, cfg.phash_size) if image is not None and "phash" in cfg.steps else 0)
     return text, (image if want_image else None)
 
 
@@ -195,8 +200,8 @@ def curate(in_shards, out_dir: str | os.PathLike, cfg: CurateConfig) -> CurateRe
 
         scorer = ClipScorer(cfg.clip_model, cfg.clip_pretrained, cfg.device)
     feats = extract_features(urls, cfg, matcher, scorer)
-    step_cfg = StepConfig(cfg.phash_threshold, cfg.embed_threshold, cfg.clip_threshold, cfg.clip_fraction,
-                          cfg.balance_t, cfg.seed, len(entries))
+    step_cfg = StepConfig(cfg.phash_threshold, cfg.phash_size, cfg.embed_threshold, cfg.clip_threshold,
+                          cfg.clip_fraction, cfg.balance_t, cfg.seed, len(entries))
     n = len(feats)
     readable = np.array([r is None for r in feats.read_reason], dtype=bool)
     reason_of: dict[int, tuple[str, str, str]] = {

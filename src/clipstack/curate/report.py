@@ -22,7 +22,7 @@ TARGETS: dict[str, tuple[str, ...]] = {
     "basic": ("short_caption", "too_small"),
     "exact": ("exact_duplicate",),
     "phash": ("exact_duplicate", "near_duplicate"),
-    "caption": ("exact_duplicate",),
+    "caption": ("exact_duplicate", "near_duplicate"),
     "clip": ("mismatched_caption",),
     "embed": ("exact_duplicate", "near_duplicate"),
     "balance": (),
@@ -72,16 +72,18 @@ def _score(step: str, drop: np.ndarray, defects: np.ndarray, targets: tuple[str,
     clean_dropped = int((drop & (defects == "clean")).sum())
     return {"step": step, "dropped": n_drop, "targets": list(targets),
             "precision": (int((drop & hit).sum()) / n_drop) if n_drop and targets else None,
-            "recall": recall, "clean_dropped": clean_dropped}
+            "recall": recall, "clean_dropped": clean_dropped,
+            "other_defects": n_drop - int((drop & hit).sum()) - clean_dropped}
 
 
 def scores_markdown(rows: list[dict]) -> str:
-    lines = ["| step | dropped | precision | recall per targeted defect (dropped/total) | clean dropped |",
-             "|---|---:|---:|---|---:|"]
+    lines = ["| step | dropped | precision | recall per targeted defect (dropped/total) | other defects | "
+             "clean dropped |", "|---|---:|---:|---|---:|---:|"]
     for r in rows:
         prec = "-" if r["precision"] is None else f"{r['precision']:.3f}"
         rec = ", ".join(f"{d} {h}/{t} ({h / t:.2f})" for d, (h, t) in r["recall"].items()) or "-"
-        lines.append(f"| {r['step']} | {r['dropped']} | {prec} | {rec} | {r['clean_dropped']} |")
+        lines.append(f"| {r['step']} | {r['dropped']} | {prec} | {rec} | {r['other_defects']} | "
+                     f"{r['clean_dropped']} |")
     return "\n".join(lines)
 
 

@@ -51,6 +51,7 @@ class Features:
 @dataclass
 class StepConfig:
     phash_threshold: int = 4
+    phash_size: int = 8
     embed_threshold: float = 0.95
     clip_threshold: float | None = None
     clip_fraction: float | None = None
@@ -97,7 +98,7 @@ def decide(step: str, feats: Features, alive: np.ndarray, cfg: StepConfig) -> De
     elif step == "phash":
         from clipstack.curate.dedup import PhashIndex
 
-        index = PhashIndex(cfg.phash_threshold)
+        index = PhashIndex(cfg.phash_threshold, cfg.phash_size ** 2)
         for i in idx:
             hit = index.check(feats.phash[i], feats.keys[i])
             if hit is not None:
