@@ -13,6 +13,7 @@ from clipstack.cli import main
 from clipstack.data.ingest import IngestConfig, ingest
 from clipstack.data.resize import Resizer
 from clipstack.data.shards import Sample, read_samples, write_shard
+from clipstack.data.sources import count_hint
 from clipstack.errors import ConfigError, DataError
 
 
@@ -34,7 +35,7 @@ def test_folder_with_sidecar_txt(tmp_path):
     (src / "sub" / "dog.txt").write_text("a dog", encoding="utf-8")
     (src / "nocap.jpg").write_bytes(jpeg())
     result = _run(src, tmp_path / "out")
-    assert (result.total, result.kept, result.dropped) == (3, 2, {"empty_caption": 1})
+    assert (result.total, result.kept, result.dropped) == (3, 2, {"empty_caption": 1}) and count_hint(str(src)) == 3
     samples = {s.key: s for s in read_samples(tmp_path / "out")}
     assert sorted(samples) == ["cat", "sub_dog"]
     assert samples["cat"].caption == "a cat" and samples["cat"].ext == "jpg"
@@ -49,7 +50,7 @@ def test_jsonl_multi_caption_extra_columns_and_generated_keys(tmp_path):
              {"image": str(tmp_path / "a.jpg"), "text": "only alt", "rewrites": [], "likes": None}]
     (tmp_path / "t.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n", encoding="utf-8")
     result = _run(tmp_path / "t.jsonl", tmp_path / "out", caption_cols=["text", "rewrites"], shard_size=1)
-    assert (result.total, result.kept, result.shards) == (2, 2, 2)
+    assert (result.total, result.kept, result.shards) == (2, 2, 2) and count_hint(str(tmp_path / "t.jsonl")) == 2
     first, second = read_samples(tmp_path / "out")
     assert (first.key, second.key) == ("000000000", "000010000")  # img2dataset: shard + index in shard
     assert first.captions == ["alt text", "a rewrite", "another"] and first.meta["likes"] == 3

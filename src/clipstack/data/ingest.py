@@ -25,7 +25,7 @@ from typing import Any
 from clipstack.data.download import Fetcher, map_bounded
 from clipstack.data.resize import Resizer
 from clipstack.data.shards import Drop, Sample, SampleError, shard_done, shard_name, write_shard, write_sizes
-from clipstack.data.sources import Row, open_source
+from clipstack.data.sources import Row, count_hint, open_source
 from clipstack.errors import ConfigError, DataError
 from clipstack.io import write_json
 
@@ -84,7 +84,7 @@ def ingest(src: str | os.PathLike, out_dir: str | os.PathLike, config: IngestCon
     out.mkdir(parents=True, exist_ok=True)
     start = time.time()
     rows = open_source(str(src), cfg.source_kind, cfg.url_col, cfg.caption_cols, cfg.key_col)
-    bar = progress(total=_count_hint(str(src)), desc="ingest", unit="img",
+    bar = progress(total=count_hint(str(src), cfg.source_kind), desc="ingest", unit="img",
                    disable=None if show_progress is None else not show_progress)
     shards = skipped = 0
     with bar, _Executor(cfg.processes) as pool:
@@ -99,21 +99,6 @@ def ingest(src: str | os.PathLike, out_dir: str | os.PathLike, config: IngestCon
     result = finalize(out, shards, skipped, time.time() - start)
     write_json(out / "_ingest_config.json", {"source": str(src), **_config_json(cfg)})
     return result
-
-
-def _count_hint(src: str) -> int | None:
-    """Rows to expect, for the progress bar's ETA, when cheap to know (a table's row count)."""
-    path = Path(src)
-    try:
-        if path.suffix == ".parquet":
-            import pyarrow.parquet as pq
-
-            return pq.ParquetFile(path).metadata.num_rows
-        if path.is_dir() and (path / "sizes.json").exists():
-            return sum(json.loads((path / "sizes.json").read_text()).values())
-    except (OSError, ValueError):
-        return None
-    return None
 
 
 def _shard_batches(rows: Iterator[Row], shard_size: int) -> Iterator[list[tuple[Row, str, bool]]]:

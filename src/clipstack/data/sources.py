@@ -63,6 +63,30 @@ def open_source(src: str, kind: str = "auto", url_col: str | None = None,
     raise DataError(f"source kind {kind!r}: expected one of {', '.join(SOURCE_KINDS)}")
 
 
+def count_hint(src: str, kind: str = "auto") -> int | None:
+    """How many rows `src` holds, when cheap to know (for the progress bar's ETA); None otherwise."""
+    path = Path(src)
+    try:
+        kind = detect_kind(src) if kind == "auto" else kind
+        if kind == "folder":
+            if (path / "captions.csv").exists():
+                return count_hint(str(path / "captions.csv"), "table")
+            return sum(1 for p in path.rglob("*") if p.suffix.lower() in FOLDER_IMAGE_EXTS)
+        if kind == "table" and path.suffix.lower() == ".parquet":
+            import pyarrow.parquet as pq
+
+            return pq.ParquetFile(path).metadata.num_rows
+        if kind == "table":  # lines, less a CSV header (a quoted caption with newlines overcounts)
+            with open(path, "rb") as fh:
+                lines = sum(chunk.count(b"\n") for chunk in iter(lambda: fh.read(1 << 20), b""))
+            return max(0, lines - (path.suffix.lower() in (".csv", ".tsv")))
+        if kind == "wds" and path.is_dir() and (path / "sizes.json").exists():
+            return sum(json.loads((path / "sizes.json").read_text(encoding="utf-8")).values())
+    except (OSError, ValueError, DataError):
+        return None
+    return None
+
+
 def folder_rows(root: Path) -> Iterator[Row]:
     """Images under `root` (recursively, sorted) with a sidecar `.txt`, or listed in `captions.csv`."""
     if not root.is_dir():
@@ -107,7 +131,7 @@ def table_rows(path: Path, url_col: str | None, caption_cols: list[str] | None,
         for col in caption_cols:
             captions.extend(_caption_values(record.get(col)))
         meta = {k: _jsonable(v) for k, v in record.items() if k not in caption_cols and k != url_col}
-        meta["url"] = location
+        meta["url"] = _jsonable(location)
         key = _safe_key(_text(record.get(key_col))) if key_col and record.get(key_col) not in (None, "") else None
         yield Row(location, captions, meta, key)
 
