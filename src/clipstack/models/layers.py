@@ -53,7 +53,8 @@ class Attention(nn.Module):
     """Multi-head self-attention with one fused QKV projection.
 
     `attn_mask` is either a bool mask broadcastable to [B, heads, N, N] (True = may attend) or an additive
-    float mask; `is_causal` adds the causal constraint.
+    float mask; `is_causal` adds the causal constraint. With `n_queries`, only the first n tokens get an
+    output (they still attend to all tokens): a pooled forward needs just the class token at the end.
     """
 
     def __init__(self, dim: int, heads: int):
@@ -69,11 +70,18 @@ class Attention(nn.Module):
         nn.init.zeros_(self.out_proj.bias)
 
     def forward(
-        self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False
+        self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False,
+        n_queries: int | None = None,
     ) -> torch.Tensor:
         B, N, C = x.shape
         qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)
         q, k, v = qkv.view(B, N, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
+        if n_queries is not None:
+            if is_causal:
+                raise ValueError("n_queries with a causal mask is not supported")
+            q = q[:, :, :n_queries]
+            attn_mask = attn_mask[..., :n_queries, :] if attn_mask is not None and attn_mask.dim() > 1 else attn_mask
+            N = n_queries
         if is_causal and attn_mask is not None:  # SDPA takes one or the other: fold causality in
             causal = torch.ones(N, N, dtype=torch.bool, device=x.device).tril()
             attn_mask = causal & attn_mask if attn_mask.dtype == torch.bool else attn_mask.masked_fill(
@@ -119,9 +127,12 @@ class ResidualBlock(nn.Module):
         self.ls_2 = LayerScale(width, ls_init_value) if ls_init_value is not None else nn.Identity()
 
     def forward(
-        self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False
+        self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False,
+        n_queries: int | None = None,
     ) -> torch.Tensor:
-        x = x + self.ls_1(self.attn(self.ln_1(x), attn_mask=attn_mask, is_causal=is_causal))
+        """With `n_queries`, returns only the first n tokens' outputs (see Attention)."""
+        attn = self.attn(self.ln_1(x), attn_mask=attn_mask, is_causal=is_causal, n_queries=n_queries)
+        x = x[:, :n_queries] + self.ls_1(attn)
         return x + self.ls_2(self.mlp(self.ln_2(x)))
 
 
@@ -136,13 +147,16 @@ class Transformer(nn.Module):
         self.resblocks = nn.ModuleList(ResidualBlock(width, heads, **block_kwargs) for _ in range(layers))
 
     def forward(
-        self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False
+        self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False,
+        last_queries: int | None = None,
     ) -> torch.Tensor:
-        for block in self.resblocks:
+        """`last_queries=n`: the last block computes only the first n tokens (e.g. the class token)."""
+        for i, block in enumerate(self.resblocks):
+            n_queries = last_queries if i == len(self.resblocks) - 1 else None
             if self.grad_checkpointing and torch.is_grad_enabled():
-                x = checkpoint(block, x, attn_mask, is_causal, use_reentrant=False)
+                x = checkpoint(block, x, attn_mask, is_causal, n_queries, use_reentrant=False)
             else:
-                x = block(x, attn_mask=attn_mask, is_causal=is_causal)
+                x = block(x, attn_mask=attn_mask, is_causal=is_causal, n_queries=n_queries)
         return x
 
 

@@ -81,7 +81,12 @@ class VisionTransformer(nn.Module):
         return TowerOutput(tokens=x, mask=mask, pooled=pooled @ self.proj)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return self.forward_features(image).pooled
+        """The pooled embedding. Class-token pooling reads one token of the last block's output, so that
+        block updates only the class token (same result, a block's worth of MLP work saved)."""
+        if self.pool_type != "tok":
+            return self.forward_features(image).pooled
+        x = self.transformer(self.embed(image), last_queries=1)[:, 0]
+        return self.ln_post(x) @ self.proj
 
     def lock(self, unlocked_groups: int = 0) -> None:
         """Freeze the tower (LiT), leaving the last `unlocked_groups` groups trainable: groups are the
