@@ -206,3 +206,26 @@ def test_corrupt_image_is_skipped_and_counted(tmp_path, tiny):
         emb = encode_split(model, pre, split, batch_size=2, workers=workers)
         assert emb.image_emb.shape[0] == 3 and emb.dropped == {"undecodable_image": 1}
         assert emb.keys == ["s0000000", "s0000002", "s0000003"]
+
+
+def test_eval_table_orders_columns_and_rejects_non_results(tmp_path, capsys):
+    from clipstack.evaluate.table import results_table
+
+    a = {"dataset": "d", "model": "m", "pretrained": "", "task": "zeroshot_retrieval", "language": "en",
+         "metrics": {"text_retrieval_recall@10": 0.9, "image_retrieval_recall@5": 0.5, "modality_gap": 0.8,
+                     "image_retrieval_recall@10": 0.7}}
+    b = {"dataset": "d", "model": "m", "pretrained": "", "task": "zeroshot_classification", "language": "en",
+         "metrics": {"acc5": float("nan"), "acc1": 0.25, "mean_per_class_recall": 0.3}}
+    columns, rows = results_table([a, b])
+    assert columns[5:] == ["acc1", "acc5", "mean_per_class_recall", "image_retrieval_recall@5",
+                           "image_retrieval_recall@10", "text_retrieval_recall@10", "modality_gap"]
+    assert rows[0][5] == "" and rows[1][5] == 0.25
+    (tmp_path / "a.json").write_text(json.dumps(a))
+    (tmp_path / "b.json").write_text(json.dumps(b))
+    assert main(["eval-table", str(tmp_path / "a.json"), str(tmp_path / "b.json"), "--out", str(tmp_path / "t.md")]) == 0
+    md = (tmp_path / "t.md").read_text().splitlines()
+    assert md[3].endswith("| 0.2500 | nan | 0.3000 |  |  |  |  |")
+    (tmp_path / "bad.json").write_text('{"metrics": {}}')
+    capsys.readouterr()
+    assert main(["eval-table", str(tmp_path / "bad.json"), "--out", str(tmp_path / "t.csv")]) == 2
+    assert "not a CLIP_benchmark result (missing dataset, model, pretrained, task, language)" in capsys.readouterr().err
