@@ -78,6 +78,36 @@ def _set_rng_state(device: torch.device, state) -> None:
         torch.cuda.set_rng_state(state[1], device)
 
 
+def _zero_grad_through(t: Tensor) -> Tensor:
+    """Same value as `t`, gradient 0 (0 * t is exactly 0 for finite t)."""
+    return t.detach() + 0.0 * t
+
+
+@contextlib.contextmanager
+def _grad_sync(model: nn.Module, enabled: bool):
+    """Skip the DDP all-reduce / FSDP2 reduce-scatter on all but the last micro-batch.
+
+    Looks through wrappers (a multi-caption adapter, torch.compile) for the DDP or FSDP2 module.
+    Without either, gradients simply accumulate locally.
+    """
+    if enabled:
+        yield
+        return
+    for mod in model.modules():
+        if hasattr(mod, "set_requires_gradient_sync"):  # FSDP2 (fully_shard)
+            mod.set_requires_gradient_sync(False)
+            try:
+                yield
+            finally:
+                mod.set_requires_gradient_sync(True)
+            return
+        if callable(getattr(mod, "no_sync", None)) and hasattr(mod, "reducer"):  # DDP
+            with mod.no_sync():
+                yield
+            return
+    yield
+
+
 def _params(optimizer: torch.optim.Optimizer) -> list[Tensor]:
     return [p for g in optimizer.param_groups for p in g["params"]]
 
@@ -168,20 +198,18 @@ def _accumulate(
             cached_img.append(img)
             cached_txt.append(txt)
     after = _rng_state(device)
-    no_sync = getattr(model, "no_sync", None)
     k = len(micro)
     for j, (images, texts) in enumerate(micro):
         _set_rng_state(device, states[j])
-        sync = contextlib.nullcontext() if (no_sync is None or j == k - 1) else no_sync()
-        with sync:
+        with _grad_sync(model, enabled=j == k - 1):
             with autocast:
                 img, txt, scale, bias = unpack_output(model(images, texts))
                 if j < k - 1:
                     # Each micro-batch's loss is the full-batch loss, so the temperature/bias gradient
-                    # is taken once, on the last pass (the one DDP all-reduces; a parameter without a
-                    # gradient there would stall DDP's reducer).
-                    scale = scale.detach()
-                    bias = None if bias is None else bias.detach()
+                    # is taken once, on the last pass. Zeroed rather than detached: every parameter
+                    # still gets a gradient, which DDP without find_unused_parameters requires.
+                    scale = _zero_grad_through(scale)
+                    bias = None if bias is None else _zero_grad_through(bias)
                 all_img = torch.cat(cached_img[:j] + [img] + cached_img[j + 1 :])
                 all_txt = torch.cat(cached_txt[:j] + [txt] + cached_txt[j + 1 :])
                 value = loss(all_img, all_txt, scale, bias)
