@@ -4,11 +4,14 @@ Both read the same real shard (photo-like JPEGs written by `write_shard`) in one
 thread, as one DataLoader worker would, and produce 224-px normalized tensors:
 - open_clip: `wds.WebDataset(url).decode("pilrgb").to_tuple("jpg", "txt")` + open_clip's
   `image_transform` (torchvision), exactly what its `get_wds_dataset` builds;
-- clipstack: `iter_shard` + `image_transform` on the JPEG bytes (reduced-size decoding with
-  `Image.draft` when the source is at least twice the target), and the same with `draft=False`.
+- clipstack: `iter_shard` + `image_transform` on the JPEG bytes: its default fast path (reduced-size
+  decoding with `Image.draft` when the source is at least twice the target, torch's SIMD uint8 resize)
+  and `fast=False` (open_clip's exact pixels: PIL decode and resize, fused normalize).
 Two image sets: smallest side 512 (img2dataset `keep_ratio` at 512, where draft applies) and longest
-side 512 (where 1/2-scale decoding would fall below 224, so it does not). Prints images per CPU-second
-(the per-core rate), images per wall second, and the CPU-rate ratio to open_clip in the same mode. Run: `.venv/bin/python benchmarks/loader.py [--images 120] [--repeats 2]`.
+side 512 (1/2-scale decoding would fall below 224 except for the square ones, so mostly no draft).
+Prints images per CPU-second (the per-core rate, fair on a shared machine), images per wall second, and
+the CPU-rate ratio to open_clip in the same mode.
+Run: `.venv/bin/python benchmarks/loader.py [--images 120] [--repeats 2]`.
 """
 
 from __future__ import annotations
@@ -129,9 +132,9 @@ def main(argv: list[str] | None = None) -> int:
                 rows = [("open_clip wds + torchvision", ref)]
                 ref_cpu = ref[0]
                 ours = image_transform(args.size, is_train=is_train)
-                rows.append(("clipstack (draft)", best_rate(run_clipstack, url, ours, args.repeats)))
-                exact = image_transform(args.size, is_train=is_train, draft=False)
-                rows.append(("clipstack (draft=False)", best_rate(run_clipstack, url, exact, args.repeats)))
+                rows.append(("clipstack (fast, default)", best_rate(run_clipstack, url, ours, args.repeats)))
+                exact = image_transform(args.size, is_train=is_train, fast=False)
+                rows.append(("clipstack (fast=False)", best_rate(run_clipstack, url, exact, args.repeats)))
                 for name, (cpu, wall) in rows:
                     print(f"| {label:<24} | {mode:<5} | {name:<27} | {cpu:9.1f} | {wall:10.1f} "
                           f"| {cpu / ref_cpu:11.2f}x |", flush=True)

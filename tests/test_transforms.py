@@ -1,4 +1,4 @@
-"""Transforms: parity with open_clip's `image_transform` (torchvision) within 1/255, and the JPEG draft path."""
+"""Transforms: parity with open_clip's `image_transform` (torchvision) within 1/255, and the fast bytes path."""
 
 import io
 
@@ -92,14 +92,14 @@ def test_train_crops_vary_and_stay_in_scale():
     assert any(float((outs[0] - o).abs().max()) > 0.01 for o in outs[1:])
 
 
-def test_jpeg_bytes_without_draft_match_exactly():
+def test_jpeg_bytes_with_fast_off_match_exactly():
     data = _jpeg_bytes(_photo(1024, 768, seed=5))
     ref = open_clip.image_transform(224, is_train=False)(Image.open(io.BytesIO(data)))
-    ours = image_transform(224, is_train=False, draft=False)(data)
+    ours = image_transform(224, is_train=False, fast=False)(data)
     assert _pixel_diff(ours, ref) <= ONE_LEVEL
 
 
-def test_draft_decodes_reduced_size_only_when_source_is_twice_the_target():
+def test_fast_path_drafts_only_when_source_is_twice_the_target_and_stays_close():
     data = _jpeg_bytes(_photo(1024, 768, seed=6).filter(ImageFilter.GaussianBlur(1.5)))  # photo-like
     fn = image_transform(224, is_train=False)
     img = Image.open(io.BytesIO(data))
@@ -111,6 +111,17 @@ def test_draft_decodes_reduced_size_only_when_source_is_twice_the_target():
     ours = fn(data)
     mean_diff = float(((ours - ref).abs() * STD).mean())
     assert ours.shape == ref.shape and mean_diff < 3 / 255, mean_diff  # measured 1.9 / 255
+
+
+@pytest.mark.parametrize("img_wh", [(512, 384), (120, 300), (300, 90)])
+def test_fast_torch_resize_without_draft_is_within_a_level(img_wh):
+    """PNG bytes (no draft): only the resize differs (torch's uint8 kernel, Pillow's pass order)."""
+    img = _photo(*img_wh, seed=8).filter(ImageFilter.GaussianBlur(1.0))
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    for size, kw in ((64, {}), (48, {"resize_mode": "squash"})):
+        ref = open_clip.image_transform(size, is_train=False, **kw)(img)
+        assert _pixel_diff(image_transform(size, is_train=False, **kw)(buf.getvalue()), ref) <= ONE_LEVEL
 
 
 def test_draft_train_and_other_modes_have_right_shape():
