@@ -16,7 +16,7 @@ from _train_util import make_samples, read_metrics, run_cli, tiny_config, torchr
 
 from clipstack.data.shards import write_shard, write_sizes
 
-PER_SHARD, LOCAL_BATCH = 16, 4
+PER_SHARD, LOCAL_BATCH = 8, 4
 
 
 def _export_state(run_dir: Path) -> dict:
@@ -35,18 +35,18 @@ def _assert_same_run(run: Path, ref_run: Path, reference: dict) -> None:
     """Per-step loss and grad norm agree to float precision; weights within AdamW-amplified tolerance.
 
     AdamW divides by sqrt(v): for parameters whose gradient is ~0 a 1e-7 relative difference in the
-    all-reduced gradient can move the update by up to lr, so after 8 steps at lr 1e-3 weights agree to
-    ~1e-4 while the training moved them by ~1e-2 (checked, so the comparison is not vacuous).
+    all-reduced gradient can move the update by up to lr, so after 4 steps at lr 1e-3 weights agree to
+    ~1e-4 while the training moved them by several 1e-3 (checked, so the comparison is not vacuous).
     """
     mine, ref = read_metrics(run), read_metrics(ref_run)
-    assert [m["step"] for m in mine] == [r["step"] for r in ref] == list(range(1, 9))
+    assert [m["step"] for m in mine] == [r["step"] for r in ref] == list(range(1, 5))
     for m, r in zip(mine, ref):
         assert m["loss"] == pytest.approx(r["loss"], rel=1e-5)
         assert m["grad_norm"] == pytest.approx(r["grad_norm"], rel=1e-5)
     _assert_close(_export_state(run), reference, atol=1e-4)
     init = _init_state()
     moved = max(float((reference[k] - init[k]).abs().max()) for k in init)
-    assert moved > 5e-3
+    assert moved > 2e-3
 
 
 def _init_state() -> dict:
@@ -95,11 +95,11 @@ def test_fsdp2_sharded_checkpoint_save_and_resume(setup):
     torchrun(2, "-m", "clipstack", "train", "--config", str(cfg), "--fsdp")
     _assert_same_run(run, single, reference)  # FSDP2 math == one process on the global batch
     full = _export_state(run)
-    mid = run / "checkpoints" / "step_000004"
+    mid = run / "checkpoints" / "step_000002"
     shards = sorted(p.name for p in (mid / "sharded").iterdir())
     assert ".metadata" in shards and sum(n.endswith(".distcp") for n in shards) == 2
     assert (mid / "rng_rank0.pt").is_file() and (mid / "rng_rank1.pt").is_file()
-    # A new run resumes from the sharded step-4 checkpoint and must land on the same weights.
+    # A new run resumes from the sharded step-2 checkpoint and must land on the same weights.
     resumed = root / "run_fsdp_resumed"
     torchrun(2, "-m", "clipstack", "train", "--config", str(cfg), "--fsdp", "--run-dir", str(resumed),
              "--resume", str(mid))
