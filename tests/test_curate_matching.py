@@ -6,7 +6,7 @@ import random
 import numpy as np
 import pytest
 
-from clipstack.curate.matching import Matcher, load_metadata, spacing
+from clipstack.curate.matching import load_metadata, make_matcher, spacing
 from clipstack.errors import DataError
 
 
@@ -49,6 +49,8 @@ def metadata_list(rng: random.Random):
     entries += ["ice cream ,", ". cat", "", " cat", "cat ", "new  york", "York !", "cat cat", "dog"]
     for _ in range(200):
         entries.append(" ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 3))))
+    for _ in range(60):  # long entries (titles), and ones that share long prefixes
+        entries.append(" ".join(rng.choice(WORDS[:8]) for _ in range(rng.randint(4, 9))))
     return entries  # keeps duplicates on purpose: MetaCLIP reports every id of a repeated entry
 
 
@@ -59,11 +61,14 @@ def test_spacing_matches_reference():
         assert spacing(text) == reference_spacing(text)
 
 
-def test_matching_equals_reference_on_thousands_of_captions():
+@pytest.mark.parametrize("method", ["aho", "tokens"])
+def test_matching_equals_reference_on_thousands_of_captions(method):
     rng = random.Random(0)
     metadata = metadata_list(rng)
     captions = [random_caption(rng) for _ in range(3000)]
-    matcher = Matcher(metadata)
+    for i in range(0, 3000, 3):  # plant entries (long ones too) inside captions
+        captions[i] = f"{captions[i]} {rng.choice(metadata)}{rng.choice(PUNCT)}{random_caption(rng)}"
+    matcher = make_matcher(metadata, method)
     offsets, ids = matcher.match(captions)
     total = 0
     for i, caption in enumerate(captions):
@@ -80,11 +85,12 @@ def test_matching_equals_reference_on_thousands_of_captions():
     np.testing.assert_array_equal(counts, expected_counts)
 
 
-def test_batch_boundaries_do_not_matter():
+@pytest.mark.parametrize("method", ["aho", "tokens"])
+def test_batch_boundaries_do_not_matter(method):
     rng = random.Random(3)
     metadata = metadata_list(rng)
     captions = [random_caption(rng) for _ in range(500)]
-    matcher = Matcher(metadata)
+    matcher = make_matcher(metadata, method)
     whole = matcher.match(captions)
     for i in (0, 1, 17, 499):
         assert matcher.match_one(captions[i]) == whole[1][whole[0][i]:whole[0][i + 1]].tolist()
@@ -97,15 +103,19 @@ def test_batch_boundaries_do_not_matter():
     assert ids[offsets[50]:].tolist() == reference_substr_matching("\ud800 lone surrogate cat", metadata)
 
 
-def test_edge_cases():
-    matcher = Matcher(["cat", "", "a cat", ".", "tab\tword"])
+@pytest.mark.parametrize("method", ["aho", "tokens"])
+def test_edge_cases(method):
+    matcher = make_matcher(["cat", "", "a cat", ".", "tab\tword"], method)
     assert matcher.match_one("cat") == [0]
     assert matcher.match_one("Cat") == []  # case-sensitive, as MetaCLIP
     assert matcher.match_one("cat.") == [0, 1, 3]  # " cat .  " ends in a double space
     assert matcher.match_one("a  cat") == [0, 1]  # the empty entry matches a double space
     assert matcher.match_one("tab\tword") == []
     assert matcher.match([])[0].tolist() == [0]
-    assert Matcher([]).match(["cat"])[0].tolist() == [0, 0]
+    assert make_matcher([], method).match(["cat"])[0].tolist() == [0, 0]
+    assert make_matcher(["tab\tonly"], method).match(["tab only"])[0].tolist() == [0, 0]
+    with pytest.raises(ValueError, match="match method"):
+        make_matcher(["cat"], "regex")
 
 
 def test_load_metadata_formats(tmp_path):

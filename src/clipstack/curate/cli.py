@@ -15,6 +15,8 @@ def register(sub) -> None:
     p.add_argument("--steps", default="text,basic,exact,phash,caption",
                    help="comma-separated, applied in order: text,basic,exact,phash,caption,clip,embed,balance")
     p.add_argument("--metadata", help="metadata list for balance: MetaCLIP's JSON list or one entry per line")
+    p.add_argument("--match-method", choices=["aho", "tokens"], default="aho",
+                   help="metadata matching: Aho-Corasick, or token n-gram hashing (same result, faster)")
     p.add_argument("--t", type=float, default=20000.0, help="balancing threshold t (MetaCLIP: 20k for 400M)")
     p.add_argument("--seed", type=int, default=0, help="seed of the balancing draws")
     p.add_argument("--min-words", type=int, default=2, help="basic: keep captions with more words than this")
@@ -60,6 +62,7 @@ def _curate(args: argparse.Namespace) -> int:
 
     cfg = CurateConfig(
         steps=[s.strip() for s in args.steps.split(",") if s.strip()], metadata=args.metadata,
+        match_method=args.match_method,
         balance_t=args.t, seed=args.seed, min_words=args.min_words, min_chars=args.min_chars,
         min_side=args.min_side, max_aspect=args.max_aspect, phash_threshold=args.phash_threshold,
         phash_size=args.phash_size,

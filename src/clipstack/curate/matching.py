@@ -143,3 +143,17 @@ class Matcher:
             _, ids = self.match(texts)
             counts += np.bincount(ids, minlength=self.num_entries).astype(np.uint64)
         return counts
+
+
+MATCH_METHODS = ("aho", "tokens")
+
+
+def make_matcher(entries: Sequence[str], method: str = "aho"):
+    """`Matcher` (Aho-Corasick) or `TokenMatcher` (token n-gram hashing): identical results."""
+    if method == "aho":
+        return Matcher(entries)
+    if method == "tokens":
+        from clipstack.curate.tokenmatch import TokenMatcher
+
+        return TokenMatcher(entries)
+    raise ValueError(f"match method must be one of {MATCH_METHODS}, got {method!r}")

@@ -27,6 +27,7 @@ from clipstack.errors import ConfigError, DataError
 class CurateConfig:
     steps: list[str] = field(default_factory=lambda: ["text", "basic", "exact", "phash", "caption"])
     metadata: str | None = None
+    match_method: str = "aho"
     balance_t: float = 20000.0
     seed: int = 0
     min_words: int = 2
@@ -60,6 +61,8 @@ class CurateConfig:
         if self.phash_size < 4 or not 0 <= self.phash_threshold < self.phash_size ** 2 // 2:
             raise ConfigError(f"--phash-threshold {self.phash_threshold} must be in [0, "
                               f"{self.phash_size ** 2 // 2}) for --phash-size {self.phash_size} (>= 4)")
+        if self.match_method not in ("aho", "tokens"):
+            raise ConfigError(f"--match-method must be aho or tokens, got {self.match_method!r}")
         if self.balance_t <= 0:
             raise ConfigError(f"--t must be positive, got {self.balance_t}")
 
@@ -184,7 +187,7 @@ def extract_features(urls: list[str], cfg: CurateConfig, matcher=None, scorer=No
 
 def curate(in_shards, out_dir: str | os.PathLike, cfg: CurateConfig) -> CurateResult:
     """Curate `in_shards` (a folder, brace pattern or list of tars) into `out_dir`; see module doc."""
-    from clipstack.curate.matching import Matcher, load_metadata
+    from clipstack.curate.matching import load_metadata, make_matcher
     from clipstack.data.shards import expand_urls
 
     cfg.validate()
@@ -193,7 +196,7 @@ def curate(in_shards, out_dir: str | os.PathLike, cfg: CurateConfig) -> CurateRe
         raise DataError(f"{in_shards}: no .tar shards found")
     out = Path(out_dir)
     entries = load_metadata(cfg.metadata) if cfg.metadata else []
-    matcher = Matcher(entries) if "balance" in cfg.steps else None
+    matcher = make_matcher(entries, cfg.match_method) if "balance" in cfg.steps else None
     scorer = None
     if "clip" in cfg.steps or "embed" in cfg.steps:
         from clipstack.curate.filters import ClipScorer
