@@ -124,6 +124,8 @@ def test_rerun_skips_finished_shards_and_redoes_missing_ones(tmp_path):
     assert (second.total, second.kept, second.dropped, second.skipped_shards) == (6, 5, {"missing_file": 1}, 2)
     assert (tmp_path / "out" / "00001.tar").stat().st_mtime_ns == tar1
     assert json.loads((tmp_path / "out" / "_stats.json").read_text())["in"] == 6
+    with pytest.raises(ConfigError, match="shard_size=2, now 3"):  # resuming with other options would mix jobs
+        _run(tmp_path / "t.csv", tmp_path / "out", shard_size=3)
 
 
 def test_processes_give_the_same_bytes_as_inline(tmp_path):

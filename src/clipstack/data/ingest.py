@@ -83,6 +83,7 @@ def ingest(src: str | os.PathLike, out_dir: str | os.PathLike, config: IngestCon
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     start = time.time()
+    _check_same_job(out, str(src), cfg)
     rows = open_source(str(src), cfg.source_kind, cfg.url_col, cfg.caption_cols, cfg.key_col)
     bar = progress(total=count_hint(str(src), cfg.source_kind), desc="ingest", unit="img",
                    disable=None if show_progress is None else not show_progress)
@@ -96,9 +97,20 @@ def ingest(src: str | os.PathLike, out_dir: str | os.PathLike, config: IngestCon
                 continue
             pool.submit(_process_shard, str(out), index, batch, cfg, callback=bar.update)
         pool.drain(callback=bar.update)
-    result = finalize(out, shards, skipped, time.time() - start)
-    write_json(out / "_ingest_config.json", {"source": str(src), **_config_json(cfg)})
-    return result
+    return finalize(out, shards, skipped, time.time() - start)
+
+
+def _check_same_job(out: Path, src: str, cfg: IngestConfig) -> None:
+    """Resuming is only sound with the same source and shard size; refuse to mix two jobs' shards."""
+    path = out / "_ingest_config.json"
+    current = {"source": src if "://" in src else os.path.abspath(src), **_config_json(cfg)}
+    if path.exists() and any(out.glob("*_stats.json")):  # a failed start (bad column...) binds nothing
+        previous = json.loads(path.read_text(encoding="utf-8"))
+        for name in ("source", "shard_size", "source_kind", "url_col", "caption_cols", "key_col"):
+            if previous.get(name) != current.get(name):
+                raise ConfigError(f"{out}: holds shards of another ingest ({name}={previous.get(name)!r}, "
+                                  f"now {current.get(name)!r}); use a new OUT_DIR or the same options")
+    write_json(path, current)
 
 
 def _shard_batches(rows: Iterator[Row], shard_size: int) -> Iterator[list[tuple[Row, str, bool]]]:
