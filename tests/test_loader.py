@@ -14,6 +14,15 @@ from clipstack.data.shards import Sample, write_shard, write_sizes
 from clipstack.errors import DataError
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Tiny tensors: a second intra-op thread only spins against the other jobs on a 2-core machine.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def tools():
     from clipstack.data.transforms import image_transform

@@ -1,0 +1,89 @@
+"""The loop in-process: callbacks every N steps, LiT freezing, step and time caps, SigLIP, plots, export."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from _train_util import read_metrics, tiny_config, write_shards
+
+from clipstack.train import Callback, train
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Tiny tensors: a second intra-op thread only spins against the other jobs on a 2-core machine.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    root = tmp_path_factory.mktemp("loop_shards")
+    write_shards(root, shards=2, per_shard=8)
+    return root
+
+
+def test_callbacks_lit_max_steps_plots_and_export(shards, tmp_path):
+    from clipstack.models import create_model
+
+    torch.manual_seed(0)
+    init = create_model("clip-tiny").state_dict()
+    calls = []
+
+    def probe(ctx):
+        calls.append((ctx.step, ctx.final, ctx.model.training))
+        return {"probe_norm": float(ctx.model.logit_scale.detach())}
+
+    cfg = tiny_config(tmp_path / "run", str(shards), model={"name": "clip-tiny", "lock_image": True,
+                                                            "grad_checkpointing": True},
+                      schedule={"epochs": 3, "max_steps": 5, "warmup_steps": 1},
+                      checkpoint={"every_steps": 100, "keep_last": 1, "export": True},
+                      logging={"run_dir": str(tmp_path / "run"), "progress": False, "plots": True})
+    result = train(cfg, callbacks=[Callback(probe, every_steps=2, name="probe")])
+    assert result.step == 5 and result.stopped == "max_steps"
+    assert calls == [(2, False, False), (4, False, False), (5, True, False)]  # eval mode inside callbacks
+    records = read_metrics(result.run_dir)
+    steps = [r for r in records if "callback" not in r]
+    assert [r["step"] for r in steps] == [1, 2, 3, 4, 5]
+    assert {"loss", "lr", "logit_scale", "logit_bias", "grad_norm", "samples_per_s", "data_wait"} <= set(steps[0])
+    assert [r["step"] for r in records if r.get("callback") == "probe"] == [2, 4, 5]
+    trained = create_model(str(result.export_path)).state_dict()
+    assert all(torch.equal(trained[k], init[k]) for k in init if k.startswith("visual."))  # LiT: frozen
+    assert any(not torch.equal(trained[k], init[k]) for k in init if not k.startswith("visual."))
+    assert sorted(p.name for p in (result.run_dir / "plots").iterdir()) == ["loss.png", "lr.png",
+                                                                           "temperature.png"]
+    saved = json.loads((result.run_dir / "config.json").read_text())
+    assert saved["config"]["model"]["lock_image"] is True and saved["total_steps"] == 5
+
+
+def test_open_clip_loads_the_export(shards, tmp_path):
+    open_clip = pytest.importorskip("open_clip")
+    cfg = tiny_config(tmp_path / "run", str(shards), schedule={"epochs": 1, "warmup_steps": 1},
+                      checkpoint={"every_steps": 100, "export": True})
+    result = train(cfg)
+    ours = __import__("clipstack.models", fromlist=["create_model"]).create_model(str(result.export_path))
+    theirs = open_clip.create_model("local-dir:" + str(result.export_path))
+    images, tokens = torch.randn(2, 3, 32, 32), torch.randint(1, 400, (2, 32))
+    with torch.no_grad():
+        assert torch.allclose(ours.encode_image(images), theirs.encode_image(images), atol=1e-5)
+        assert torch.allclose(ours.encode_text(tokens), theirs.encode_text(tokens), atol=1e-5)
+
+
+def test_siglip_time_budget_and_plot_command(shards, tmp_path, capsys):
+    from clipstack.cli import main
+
+    cfg = tiny_config(tmp_path / "run", str(shards), model={"name": "siglip-tiny"},
+                      schedule={"epochs": 50, "time_budget_s": 1.0, "warmup_steps": 1},
+                      checkpoint={"every_steps": 1000, "keep_last": 1, "export": True})
+    result = train(cfg)
+    assert result.stopped == "time_budget" and 1 <= result.step < 100
+    assert result.export_path is None and result.checkpoint.name == f"step_{result.step:06d}"  # resumable
+    last = read_metrics(result.run_dir)[-1]
+    assert last["logit_bias"] is not None and abs(last["logit_bias"] + 10) < 1  # SigLIP init bias -10
+    assert main(["plot", str(result.run_dir), "--out", str(tmp_path / "plots")]) == 0
+    assert (tmp_path / "plots" / "logit_bias.png").is_file()
+    assert "temperature.png" in capsys.readouterr().out
