@@ -93,12 +93,13 @@ class ImageTransform:
         return self.to_tensor(out)
 
     def to_tensor(self, img: Any):
-        """RGB PIL image -> normalized float tensor [3, H, W]."""
+        """RGB PIL image (or uint8 tensor [3, H, W]) -> normalized float tensor [3, H, W]."""
         import numpy as np
         import torch
 
-        arr = torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1)
-        return torch.addcmul(self._add, arr.float(), self._mul)
+        if not isinstance(img, torch.Tensor):
+            img = torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1)
+        return torch.addcmul(self._add, img.float(), self._mul)
 
     # -- the three eval modes and training ---------------------------------------------------------------
 
@@ -157,7 +158,8 @@ def _triple(values: float | Sequence[float]) -> tuple[float, float, float]:
 
 
 def _resize(img: Any, size_wh: tuple[int, int], resample: Any, fast: bool = False):
-    """Antialiased resize: PIL's (exact), or for RGB/L images on the fast path torch's uint8 kernel.
+    """Antialiased resize: PIL's (exact), or for RGB/L images on the fast path torch's uint8 kernel
+    (then the result is a uint8 tensor [C, h, w], which the crop and normalize steps take as is).
 
     torch's antialiased bicubic/bilinear on uint8 (`interpolate(..., antialias=True)`) ports Pillow's
     filters (a = -0.5, same supports, 8-bit intermediate) to SIMD and runs ~4x faster than Pillow's own
@@ -184,13 +186,19 @@ def _resize(img: Any, size_wh: tuple[int, int], resample: Any, fast: bool = Fals
         # Pillow (>= 11) runs the vertical pass first in this case; torch always starts horizontally,
         # so split the calls to keep the same order (and rounding) as Pillow's result.
         x = F.interpolate(x, size=(h, w0), mode=mode, antialias=True, align_corners=False)
-    y = F.interpolate(x, size=(h, w), mode=mode, antialias=True, align_corners=False)
-    out = y[0].permute(1, 2, 0).numpy()
-    return Image.fromarray(out if arr.ndim == 3 else out[:, :, 0], img.mode)
+    return F.interpolate(x, size=(h, w), mode=mode, antialias=True, align_corners=False)[0]  # uint8 [C,h,w]
+
+
+def _is_tensor(x: Any) -> bool:
+    import torch
+
+    return isinstance(x, torch.Tensor)
 
 
 def _rgb(img: Any):
     # After the resize, as open_clip's MaybeConvertMode: palette images resize by nearest neighbour.
+    if _is_tensor(img):  # a uint8 tensor from the fast resize; L -> RGB repeats the channel
+        return img if img.shape[0] == 3 else img.expand(3, -1, -1)
     return img if img.mode == "RGB" else img.convert("RGB")
 
 
@@ -199,6 +207,8 @@ def _center_crop_or_pad(img: Any, size_hw: tuple[int, int], fill: int):
     from PIL import Image
 
     th, tw = size_hw
+    if _is_tensor(img):  # a uint8 tensor [3, h, w]
+        return _center_crop_or_pad_tensor(img, size_hw, fill)
     w, h = img.size
     if tw > w or th > h:
         canvas = Image.new("RGB", (max(w, tw), max(h, th)), (fill,) * 3)
@@ -208,6 +218,20 @@ def _center_crop_or_pad(img: Any, size_hw: tuple[int, int], fill: int):
             return img
     top, left = int(round((h - th) / 2.0)), int(round((w - tw) / 2.0))
     return img.crop((left, top, left + tw, top + th))
+
+
+def _center_crop_or_pad_tensor(x: Any, size_hw: tuple[int, int], fill: int):
+    import torch
+
+    th, tw = size_hw
+    h, w = x.shape[-2:]
+    if tw > w or th > h:
+        canvas = torch.full((x.shape[0], max(h, th), max(w, tw)), fill, dtype=x.dtype)
+        top, left = (th - h) // 2 if th > h else 0, (tw - w) // 2 if tw > w else 0
+        canvas[:, top:top + h, left:left + w] = x
+        x, (h, w) = canvas, canvas.shape[-2:]
+    top, left = int(round((h - th) / 2.0)), int(round((w - tw) / 2.0))
+    return x[:, top:top + th, left:left + tw]
 
 
 def random_resized_crop_params(width: int, height: int, scale: Sequence[float],
