@@ -30,7 +30,8 @@ def test_parse_memory():
 
 def test_choose_index_by_size_and_memory():
     assert choose_index(5_000, 512, 2**30).key == "Flat"
-    assert choose_index(100_000, 512, 4 * 2**30).key == "HNSW32,Flat"
+    assert choose_index(40_000, 512, 4 * 2**30).key == "HNSW32,Flat"
+    assert choose_index(100_000, 512, 4 * 2**30).key == "IVF256,Flat"
     big = choose_index(1_000_000, 512, 4 * 2**30)
     assert big.key == "IVF1024,Flat" and big.tune_param == "nprobe"
     assert choose_index(1_000_000, 512, 1 * 2**30).key == "IVF1024,SQ8"  # raw floats (2 GB) do not fit
@@ -128,3 +129,13 @@ def test_metadata_lookup_is_fast_at_a_million_rows(tmp_path):
     per_query = (time.perf_counter() - start) / len(ids)
     assert rows[0]["key"] == f"{ids[-1, 0]:09d}" and rows[-1]["caption"] == f"caption {ids[-1, -1]}"
     assert per_query < 0.01, f"40-row lookup took {per_query * 1000:.2f} ms at 1M rows"
+
+
+def test_unreachable_recall_falls_back_to_exact(tmp_path):
+    make_emb_dir(tmp_path / "emb", n=1500, dim=16, parts=1, thumbs=False)
+    info = build_index(tmp_path / "emb", tmp_path / "idx", "1G", flat_threshold=10, hnsw_threshold=10,
+                       num_queries=50, target_recall=1.01)
+    mod = info["modalities"]["image"]
+    assert mod["key"] == "Flat" and mod["recall_at_k"] == 1.0 and not mod["target_reached"]
+    assert "IVF" in mod["plan"]["reason"] and "exact search fits" in mod["plan"]["reason"]
+    assert mod["tuning"][-1]["value"] == 32  # the IVF curve it tried is kept: nprobe up to nlist

@@ -29,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--target-recall", type=float, default=0.95, help="recall@10 to tune for")
     p.add_argument("--queries", type=int, default=500, help="held-out queries to measure recall with")
     p.add_argument("--flat-threshold", type=int, default=20_000, help="exact search up to this many rows")
-    p.add_argument("--hnsw-threshold", type=int, default=200_000, help="HNSW up to this many rows")
+    p.add_argument("--hnsw-threshold", type=int, default=50_000, help="HNSW up to this many rows")
     p.set_defaults(func=_index)
 
     p = sub.add_parser("serve", help="Serve indices over a clip-retrieval-compatible API and web page.",

@@ -61,7 +61,7 @@ def default_nlist(n: int) -> int:
 
 
 def choose_index(n: int, dim: int, max_memory: int, *, flat_threshold: int = 20_000,
-                 hnsw_threshold: int = 200_000) -> IndexPlan:
+                 hnsw_threshold: int = 50_000) -> IndexPlan:
     """Plan an inner-product index for `n` vectors of `dim` floats within `max_memory` bytes."""
     if n <= 0 or dim <= 0:
         raise ConfigError(f"cannot index {n} vectors of dimension {dim}")

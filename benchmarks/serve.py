@@ -1,0 +1,169 @@
+"""Serving: latency and throughput of POST /knn-service on loopback next to the bare index search time.
+
+    .venv/bin/python benchmarks/serve.py                  # 100k 512-d vectors, ~1-2 min here
+    .venv/bin/python benchmarks/serve.py --rows 300000 --requests 3000 --concurrency 1 8 32
+
+`clipstack serve` runs as a separate process over two indices of the same clustered vectors: the one
+`clipstack index` picks (HNSW at 100k) and exact Flat. An async client (httpx) keeps a fixed number of
+requests in flight (a bounded, closed-loop load) and sends embedding_input queries (512 floats as JSON,
+k=10, no dedup), so the model is not part of the timing. "bare search" is the same index, loaded the
+same way, answering one query per call in this process: the floor the HTTP path adds to.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from search import make_vectors  # noqa: E402 - the same embedding-like generator as benchmarks/search.py
+
+
+def write_embeddings(root: Path, xb: np.ndarray) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from clipstack.search import layout
+
+    for modality in ("image",):
+        path = layout.emb_path(root, modality, 0)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.save(path, xb)
+    keys = [f"{i:09d}" for i in range(len(xb))]
+    layout.metadata_path(root, 0).parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table({"key": keys, "caption": [f"caption of {k}" for k in keys]}),
+                   layout.metadata_path(root, 0))
+
+
+def bare_search_ms(index_dir: Path, xq: np.ndarray) -> float:
+    from clipstack.search.index import SearchIndex
+
+    index = SearchIndex(index_dir)
+    times = []
+    for q in xq:
+        start = time.perf_counter()
+        index.search("image", q[None], 10)
+        times.append(time.perf_counter() - start)
+    return 1000 * float(np.median(times))
+
+
+async def load(url: str, bodies: list[str], concurrency: int) -> tuple[list[float], int, float]:
+    import httpx
+
+    latencies: list[float] = []
+    errors = 0
+    queue = iter(bodies)
+
+    async def worker(client):
+        nonlocal errors
+        for body in queue:
+            start = time.perf_counter()
+            try:
+                res = await client.post(f"{url}/knn-service", content=body)
+                ok = res.status_code == 200 and len(res.json()) == 10
+            except httpx.HTTPError:
+                ok = False
+            latencies.append(time.perf_counter() - start)
+            errors += not ok
+
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(limits=limits, timeout=60) as client:
+        start = time.perf_counter()
+        await asyncio.gather(*(worker(client) for _ in range(concurrency)))
+        wall = time.perf_counter() - start
+    return latencies, errors, wall
+
+
+def batch_stats(url: str) -> tuple[int, float]:
+    import httpx
+
+    text = httpx.get(f"{url}/metrics").text
+    values = {line.split()[0]: float(line.split()[1]) for line in text.splitlines()
+              if line.startswith("clipstack_batch_size_")}
+    return int(values["clipstack_batch_size_count"]), values["clipstack_batch_size_sum"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--dim", type=int, default=512)
+    parser.add_argument("--requests", type=int, default=1500, help="requests per (index, concurrency)")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--threads", type=int, default=1, help="FAISS threads, here and in the server")
+    args = parser.parse_args(argv)
+    os.environ["OMP_NUM_THREADS"] = str(args.threads)
+    os.environ.setdefault("CLIPSTACK_NO_PROGRESS", "1")
+    from clipstack.search.index import build_index
+
+    xb, xq = make_vectors("clustered", args.rows, 500, args.dim)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        write_embeddings(root / "emb", xb)
+        build_index(root / "emb", root / "auto", "4G", num_queries=200)
+        build_index(root / "emb", root / "flat", "4G", num_queries=50, flat_threshold=10**9)
+        keys = {name: json.loads((root / name / "index_info.json").read_text())["modalities"]["image"]["key"]
+                for name in ("auto", "flat")}
+        (root / "indices.json").write_text(json.dumps({"auto": "auto", "flat": "flat"}))
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        url = f"http://127.0.0.1:{port}"
+        server = subprocess.Popen([sys.executable, "-m", "clipstack", "serve", "--indices",
+                                   str(root / "indices.json"), "--port", str(port)],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            _wait_ready(url, server)
+            print(f"# {args.rows:,} x {args.dim} clustered vectors, k=10, embedding_input queries, "
+                  f"{args.requests} requests per row, FAISS threads {args.threads}, {os.cpu_count()} CPUs; "
+                  "server and client share the machine")
+            head = ("| index | in flight | requests | errors | p50 ms | p99 ms | QPS | bare search ms | "
+                    "p50 / bare | mean batch |")
+            print(head)
+            print("|" + "|".join("---" for _ in head.split("|")[1:-1]) + "|")
+            for name in ("auto", "flat"):
+                bare = bare_search_ms(root / name, xq[:200])
+                for conc in args.concurrency:
+                    n_req = args.requests if name == "auto" else max(100, args.requests // 5)
+                    bodies = [json.dumps({"embedding_input": xq[i % len(xq)].tolist(), "indice_name": name,
+                                          "num_images": 10, "deduplicate": False}) for i in range(n_req)]
+                    asyncio.run(load(url, bodies[:20], conc))  # warm-up
+                    count0, sum0 = batch_stats(url)
+                    lat, errors, wall = asyncio.run(load(url, bodies, conc))
+                    count1, sum1 = batch_stats(url)
+                    p50, p99 = (1000 * float(np.percentile(lat, p)) for p in (50, 99))
+                    print(f"| {name} ({keys[name]}) | {conc} | {n_req} | {errors} | {p50:.2f} | {p99:.2f} | "
+                          f"{n_req / wall:.0f} | {bare:.3f} | {p50 / bare:.1f}x | "
+                          f"{(sum1 - sum0) / max(1, count1 - count0):.1f} |", flush=True)
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+    return 0
+
+
+def _wait_ready(url: str, server: subprocess.Popen) -> None:
+    import httpx
+
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError(f"server exited: {server.stderr.read().decode()[-2000:]}")
+        try:
+            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    raise RuntimeError("server did not become ready")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
