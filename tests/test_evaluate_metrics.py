@@ -33,6 +33,15 @@ def test_acc5_with_five_classes():
     assert out["acc1"] == 0.0 and out["acc5"] == 0.5
 
 
+def test_nan_logits_lose():
+    # A diverged classifier (NaN logits) must score 0, not 1: NaN never outranks and is never argmax.
+    logits = torch.tensor([[float("nan")] * 3, [float("nan"), 2.0, 1.0]])
+    out = M.classification_metrics(logits, torch.tensor([0, 0]), num_classes=3)
+    assert out["acc1"] == 0.0 and out["mean_per_class_recall"] == 0.0
+    # row 0 (all NaN) misses at any k; row 1: class 2 ranks second behind class 1, the NaN is last
+    assert M.topk_accuracy(logits, torch.tensor([1, 2]), (1, 2, 3)) == [0.0, 0.5, 0.5]
+
+
 def test_balanced_accuracy_ignores_a_class_with_no_samples():
     target = torch.tensor([0, 0, 1, 1])
     pred = torch.tensor([0, 1, 1, 2])  # class 2 is only predicted, class 3 never appears
@@ -173,7 +182,7 @@ def test_linear_probe_separable_clusters_and_fewshot():
         return centers[y] + 0.3 * torch.randn(len(y), 16, generator=g), y
 
     (xtr, ytr), (xte, yte) = draw(8), draw(4)
-    out = run_linear_probe(xtr, ytr, xte, yte, 6, ProbeConfig(epochs=20, batch_size=16))["metrics"]
+    out = run_linear_probe(xtr, ytr, xte, yte, 6, ProbeConfig(epochs=20, probe_batch_size=16))["metrics"]
     assert out["lp_acc1"] == 1.0 and out["lp_acc5"] == 1.0 and out["lp_mean_per_class_recall"] == 1.0
     assert out["weight_decay"] in [float(v) for v in __import__("numpy").logspace(-6, 2, 97)]
     few = run_linear_probe(xtr, ytr, xte, yte, 6, ProbeConfig(fewshot_k=2, val_proportion=0))["metrics"]

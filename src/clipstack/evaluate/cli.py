@@ -42,6 +42,7 @@ def register(sub) -> None:
     p.add_argument("--fewshot-k", type=int, default=-1, help="linear probe: examples per class (-1: all)")
     p.add_argument("--fewshot-epochs", type=int, default=10)
     p.add_argument("--fewshot-lr", type=float, default=0.1)
+    p.add_argument("--probe-batch-size", type=int, default=64, help="linear probe: minibatch size")
     p.add_argument("--val-proportion", type=float, default=0.2,
                    help="linear probe: share of train held out for the weight-decay search when no val split")
     p.add_argument("--seed", type=int, default=0)
@@ -97,7 +98,8 @@ def handle_eval(args: argparse.Namespace) -> int:
                               device=device, precision=args.precision, templates=args.templates,
                               prompt_weighting=args.prompt_weighting, zpe_tau=args.zpe_tau,
                               recall_k=args.recall_k, fewshot_k=args.fewshot_k, epochs=args.fewshot_epochs,
-                              lr=args.fewshot_lr, seed=args.seed, val_proportion=args.val_proportion,
+                              lr=args.fewshot_lr, seed=args.seed, probe_batch_size=args.probe_batch_size,
+                              val_proportion=args.val_proportion,
                               cache_dir=cache_dir, plots=None if args.no_plots else out.with_suffix(""))
             write_json(out, result)
             shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"

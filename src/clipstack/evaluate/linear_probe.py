@@ -2,10 +2,12 @@
 validation split, optional few-shot k, as CLIP_benchmark runs it.
 
 CLIP_benchmark's recipe: a `torch.nn.Linear` trained with AdamW and a cosine learning-rate schedule
-(lr 0.1, 10 epochs, batch 256 by default); the weight decay is searched over logspace(-6, 2, 97),
+(lr 0.1, 10 epochs, batch 64 by default); the weight decay is searched over logspace(-6, 2, 97),
 first on 7 evenly spaced points, then by halving steps (8, 4, 2, 1) around the best, keeping the
 first best on ties; for full-data runs the final model is trained on train + validation. The same
-procedure serves FLIP-style attribute evaluation (frozen towers + one linear layer).
+procedure serves FLIP-style attribute evaluation (frozen towers + one linear layer). With lr 0.1 the
+upper end of that grid (lr x wd > 1) makes decoupled weight decay diverge; such a run's NaN logits score
+0 on validation, so the search never picks it.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from clipstack.evaluate import metrics as M
 class ProbeConfig:
     lr: float = 0.1
     epochs: int = 10
-    batch_size: int = 256
+    probe_batch_size: int = 64  # CLIP_benchmark passes its --batch_size (default 64) to the probe
     seed: int = 0
     fewshot_k: int = -1
     val_proportion: float = 0.2  # used when the set has no val split; 0 disables the search (wd 0)
@@ -47,13 +49,13 @@ def train_linear(x: torch.Tensor, y: torch.Tensor, num_classes: int, weight_deca
     m = [torch.zeros_like(p) for p in params]
     v = [torch.zeros_like(p) for p in params]
     beta1, beta2, eps = 0.9, 0.999, 1e-8
-    steps_per_epoch = max(1, math.ceil(len(x) / cfg.batch_size))
+    steps_per_epoch = max(1, math.ceil(len(x) / cfg.probe_batch_size))
     total = cfg.epochs * steps_per_epoch
     step = 0
     for _ in range(cfg.epochs):
         order = torch.randperm(len(x), generator=g)
-        for start in range(0, len(x), cfg.batch_size):
-            idx = order[start:start + cfg.batch_size]
+        for start in range(0, len(x), cfg.probe_batch_size):
+            idx = order[start:start + cfg.probe_batch_size]
             lr = 0.5 * (1 + math.cos(math.pi * step / total)) * cfg.lr  # cosine, no warmup
             loss = torch.nn.functional.cross_entropy(model(x[idx]), y[idx])
             grads = torch.autograd.grad(loss, params)

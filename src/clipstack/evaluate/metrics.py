@@ -29,10 +29,12 @@ def topk_accuracy(logits: torch.Tensor, target: torch.Tensor, ks: Sequence[int] 
     if n == 0:
         return [float("nan") for _ in ks]
     # Rank of the target column: candidates strictly better, plus equal ones at a lower index.
+    # NaN never outranks anything, and a NaN target score is a miss (a diverged classifier scores 0).
     target_score = logits.gather(1, target)
     cols = torch.arange(logits.shape[1]).view(1, -1)
     ahead = (logits > target_score) | ((logits == target_score) & (cols < target))
     rank = ahead.sum(1) + 1
+    rank[target_score.view(-1).isnan()] = logits.shape[1] + 1
     return [float((rank <= k).float().mean()) for k in ks]
 
 
@@ -49,7 +51,9 @@ def balanced_accuracy(target: torch.Tensor, pred: torch.Tensor) -> float:
 
 def classification_metrics(logits: torch.Tensor, target: torch.Tensor, num_classes: int) -> dict[str, float]:
     """`acc1`, `acc5` (NaN with fewer than 5 classes) and `mean_per_class_recall`."""
-    pred = logits.argmax(dim=1)
+    # argmax would pick a NaN; a NaN logit must lose instead, and an all-NaN row predicts nothing.
+    pred = logits.float().nan_to_num(nan=-torch.inf).argmax(dim=1)
+    pred[logits.isnan().all(dim=1)] = -1
     if num_classes >= 5:
         acc1, acc5 = topk_accuracy(logits, target, (1, 5))
     else:
