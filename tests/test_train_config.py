@@ -21,6 +21,8 @@ def test_defaults_file_and_overrides_merge_in_order(tmp_path):
     assert cfg.data.shuffle_shards is False and cfg.data.augment_scale == [0.5, 1.0]
     assert cfg.model.overrides == {"init_logit_bias": -10} and cfg.schedule.max_steps is None
     assert cfg.optim.weight_decay == 0.2  # untouched default
+    assert load_config(overrides={"data.urls": "s/{a,b}.tar"}).data.urls == "s/{a,b}.tar"
+    assert load_config(overrides={"data.urls": '["a.tar", "b.tar"]'}).data.urls == ["a.tar", "b.tar"]
     again = load_config(base=cfg.to_dict())
     assert again == cfg
 

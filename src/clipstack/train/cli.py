@@ -8,6 +8,7 @@ train ...` runs the same command on N ranks.
 from __future__ import annotations
 
 import argparse
+import os
 
 _SHORTCUTS = {"resume": "checkpoint.resume", "run_dir": "logging.run_dir", "fsdp": "distributed.fsdp",
               "model": "model.name", "data": "data.urls"}
@@ -61,10 +62,14 @@ def _train(args: argparse.Namespace) -> int:
 
     config = load_config(args.config, overrides_from_args(args))
     result = train(config)
-    if result.step and result.last_metrics and (int(__import__("os").environ.get("RANK", "0")) == 0):
+    if os.environ.get("RANK", "0") == "0" and result.step and result.last_metrics:
         m = result.last_metrics
         print(f"trained {result.step} steps ({result.stopped}); loss {m.get('loss', float('nan')):.4f}; "
               f"run folder {result.run_dir}; export {result.export_path}")
+        counts = result.data_stats.get("counts", {})
+        dropped = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()) if k not in ("seen", "kept"))
+        print(f"data: {counts.get('kept', 0)} samples used, {counts.get('seen', 0)} read"
+              + (f"; skipped: {dropped}" if dropped else ""))
     return 0
 
 

@@ -156,6 +156,8 @@ def _convert(value: Any, hint: Any, where: str) -> Any:
         if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
             if type(None) in args:
                 return None
+        if isinstance(value, str) and str in args and not value.lstrip().startswith("["):
+            return value  # a brace pattern such as "a/{0,1}.tar" must not be split at its commas
         errors = []
         for arg in sorted((a for a in args if a is not type(None)), key=lambda a: a is str):
             try:

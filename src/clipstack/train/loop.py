@@ -308,12 +308,13 @@ class _Run:
 
             per_rank = [None] * info.world_size
             dist.all_gather_object(per_rank, self.data_stats)
+        self.data_totals = _sum_stats(per_rank)
         self.last_ckpt = save_checkpoint(
             self.run_dir, self.step, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
             scaler=self.scaler, keep_last=self.cfg.checkpoint.keep_last, sharded=self.cfg.distributed.fsdp,
             rank=info.rank,
             extra={"epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "world_size": info.world_size,
-                   "data_stats_per_rank": per_rank, "data_stats": _sum_stats(per_rank),
+                   "data_stats_per_rank": per_rank, "data_stats": self.data_totals,
                    "data_topology": {"workers": self.spec.workers, "seed": self.spec.seed,
                                      "steps_per_epoch": self.spec.steps}})
 
@@ -357,9 +358,16 @@ class _Run:
                 plot_run(self.run_dir)
             except ImportError:  # matplotlib missing: the run itself is fine
                 pass
-        return TrainResult(run_dir=self.run_dir, export_path=export, last_metrics=self.last_metrics,
-                           step=self.step, epoch=self.epoch, stopped=stopped, checkpoint=self.last_ckpt,
-                           data_stats=self.data_stats)
+        result = TrainResult(run_dir=self.run_dir, export_path=export, last_metrics=self.last_metrics,
+                             step=self.step, epoch=self.epoch, stopped=stopped, checkpoint=self.last_ckpt,
+                             data_stats=self.data_totals)
+        if info.is_main:
+            from clipstack.io import write_json
+
+            write_json(self.run_dir / "summary.json", {
+                "step": self.step, "epoch": self.epoch, "stopped": stopped, "export": export,
+                "checkpoint": self.last_ckpt, "last_metrics": self.last_metrics, "data": self.data_totals})
+        return result
 
     def _export(self) -> Path | None:
         from clipstack.models import save_pretrained

@@ -62,8 +62,9 @@ def plot_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = Non
         ax.set_xlabel("step")
         ax.set_title(title)
         ax.grid(alpha=0.3)
-        if name == "loss" and min(v for v in series[0][1]) > 0:
-            ax.set_yscale("log")
+        values = [v for v in series[0][1] if v is not None]
+        if name == "loss" and values and min(values) > 0 and max(values) / min(values) > 20:
+            ax.set_yscale("log")  # only when the loss spans orders of magnitude
         fig.tight_layout()
         target = out / f"{name}.png"
         with atomic_path(target) as tmp:
