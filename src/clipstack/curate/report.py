@@ -150,7 +150,7 @@ def _balance_section(info: dict, entries: list[str], save, plt) -> list[str]:
     ax.axhline(t, color="gray", linestyle="--", label=f"t = {t:g}")
     ax.set_xlabel("entry rank")
     ax.set_ylabel("matched texts")
-    ax.set_title("metadata entry counts: head is capped near t, tail kept whole")
+    ax.set_title("matched texts per metadata entry, before and after balancing")
     ax.legend()
     save(fig, "entry_counts.png")
 
