@@ -35,7 +35,7 @@ def topk_accuracy(logits: torch.Tensor, target: torch.Tensor, ks: Sequence[int] 
     ahead = (logits > target_score) | ((logits == target_score) & (cols < target))
     rank = ahead.sum(1) + 1
     rank[target_score.view(-1).isnan()] = logits.shape[1] + 1
-    return [float((rank <= k).float().mean()) for k in ks]
+    return [float((rank <= k).double().mean()) for k in ks]
 
 
 def balanced_accuracy(target: torch.Tensor, pred: torch.Tensor) -> float:
@@ -45,7 +45,7 @@ def balanced_accuracy(target: torch.Tensor, pred: torch.Tensor) -> float:
     classes = torch.unique(target)
     if len(classes) == 0:
         return float("nan")
-    recalls = [float((pred[target == c] == c).float().mean()) for c in classes.tolist()]
+    recalls = [float((pred[target == c] == c).double().mean()) for c in classes.tolist()]
     return sum(recalls) / len(recalls)
 
 
@@ -139,24 +139,24 @@ def retrieval_metrics_from_ranks(t2i: torch.Tensor, i2t: torch.Tensor,
     """Recall@k, mean and median rank from first-positive ranks (text->image, image->text)."""
     metrics: dict[str, float] = {}
     for k in recall_k:
-        metrics[f"image_retrieval_recall@{k}"] = float((t2i <= k).float().mean())
-        metrics[f"text_retrieval_recall@{k}"] = float((i2t <= k).float().mean())
+        metrics[f"image_retrieval_recall@{k}"] = float((t2i <= k).double().mean())
+        metrics[f"text_retrieval_recall@{k}"] = float((i2t <= k).double().mean())
     for name, ranks in (("image_retrieval", t2i), ("text_retrieval", i2t)):
-        metrics[f"{name}_mean_rank"] = float(ranks.float().mean())
+        metrics[f"{name}_mean_rank"] = float(ranks.double().mean())
         metrics[f"{name}_median_rank"] = _median(ranks)
     return metrics
 
 
 def recall_curve(ranks: torch.Tensor, max_k: int) -> list[float]:
     """Recall@k for k = 1..max_k from first-positive ranks (the recall@K plot)."""
-    return [float((ranks <= k).float().mean()) for k in range(1, max_k + 1)]
+    return [float((ranks <= k).double().mean()) for k in range(1, max_k + 1)]
 
 
 def _median(ranks: torch.Tensor) -> float:
     # The usual definition (mean of the two middle values), not torch.median's lower middle.
     if len(ranks) == 0:
         return float("nan")
-    return float(ranks.float().quantile(0.5))
+    return float(ranks.double().quantile(0.5))
 
 
 def modality_gap(image_emb: torch.Tensor, text_emb: torch.Tensor) -> float:
