@@ -30,6 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--queries", type=int, default=500, help="held-out queries to measure recall with")
     p.add_argument("--flat-threshold", type=int, default=20_000, help="exact search up to this many rows")
     p.add_argument("--hnsw-threshold", type=int, default=50_000, help="HNSW up to this many rows")
+    p.add_argument("--no-exact-fallback", action="store_true",
+                   help="keep the approximate index even when exact search is as fast or more accurate")
     p.set_defaults(func=_index)
 
     p = sub.add_parser("serve", help="Serve indices over a clip-retrieval-compatible API and web page.",
@@ -61,7 +63,7 @@ def _index(args: argparse.Namespace) -> int:
 
     info = build_index(args.emb_dir, args.index_dir, args.max_memory, target_recall=args.target_recall,
                        num_queries=args.queries, flat_threshold=args.flat_threshold,
-                       hnsw_threshold=args.hnsw_threshold)
+                       hnsw_threshold=args.hnsw_threshold, exact_fallback=not args.no_exact_fallback)
     for modality, mod in info["modalities"].items():
         print(f"{modality}: {mod['key']} over {mod['rows']} rows, recall@{mod['k']}={mod['recall_at_k']:.3f} "
               f"(target {mod['target_recall']}{'' if mod['target_reached'] else ', NOT reached'}), "
