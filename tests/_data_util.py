@@ -41,6 +41,7 @@ class ImageServer:
     """A threaded HTTP server on 127.0.0.1 with a few routes:
 
     /img/<name> serves `files[name]`; /status/<code> answers that code; /slow sleeps `slow_s` first;
+    /delay/<s>/<name> waits s seconds (counting `max_in_flight`) then serves `files[name]`;
     /flaky/<name> fails with 503 `flaky_failures` times per name, then serves `files[name]`.
     """
 
@@ -59,13 +60,7 @@ class ImageServer:
             def do_GET(self):
                 with server._lock:
                     server.hits[self.path] = server.hits.get(self.path, 0) + 1
-                    server._in_flight += 1
-                    server.max_in_flight = max(server.max_in_flight, server._in_flight)
-                try:
-                    server._route(self)
-                finally:
-                    with server._lock:
-                        server._in_flight -= 1
+                server._route(self)
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
@@ -82,7 +77,14 @@ class ImageServer:
             time.sleep(self.slow_s)
             return self._send(h, 200, self.files.get(parts[-1], b""))
         if parts[0] == "delay" and len(parts) == 3:  # /delay/<seconds>/<name>: slow but within timeout
+            # Count requests in flight around the wait only: the reply then reaches the client after
+            # the count dropped, so a client's next request cannot overlap its previous one here.
+            with self._lock:
+                self._in_flight += 1
+                self.max_in_flight = max(self.max_in_flight, self._in_flight)
             time.sleep(float(parts[1]))
+            with self._lock:
+                self._in_flight -= 1
             return self._send(h, 200, self.files[parts[2]])
         if parts[0] == "flaky" and len(parts) == 2:
             if self.hits[h.path] <= self.flaky_failures:
