@@ -99,7 +99,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="ViT-B-32")
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--iters", type=int, default=5)
+    parser.add_argument("--iters", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--precision", default="fp32,bf16", help="comma list of fp32, bf16 (CPU autocast)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")

@@ -68,18 +68,34 @@ def _check_both_ways(cfg: dict, batch: int = 2):
     assert max(_max_diffs(fresh_ours, ref, image, text)) <= ATOL
 
 
-def test_vit_b_32_both_directions():
+@pytest.fixture
+def one_thread():
+    """ViT-B-32 on 2 shared cores: one thread is several times faster than two when the box is busy."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_vit_b_32_both_directions(one_thread):
     ref = open_clip.create_model("ViT-B-32").eval()
-    ours = create_model("ViT-B-32").eval()
+    # built on the meta device and filled from open_clip: skips a second 150M-parameter random init
+    ours = create_model("ViT-B-32", device="meta").to_empty(device="cpu").eval()
     ours.load_state_dict(ref.state_dict(), strict=True)
     image, text = _inputs(ours, batch=2)
-    assert max(_max_diffs(ours, ref, image, text)) <= ATOL
-    # reverse: perturb our weights so the check cannot pass on open_clip's own values
+
+    def encode_diffs():
+        with torch.no_grad():
+            return [(ours.encode_image(image) - ref.encode_image(image)).abs().max().item(),
+                    (ours.encode_text(text) - ref.encode_text(text)).abs().max().item()]
+
+    assert max(encode_diffs()) <= ATOL
+    # reverse: change our weights so the check cannot pass on open_clip's own values
     with torch.no_grad():
         for p in ours.parameters():
-            p.add_(0.01 * torch.randn_like(p))
+            p.mul_(1.01)
     ref.load_state_dict(ours.state_dict(), strict=True)
-    assert max(_max_diffs(ours, ref, image, text)) <= ATOL
+    assert max(encode_diffs()) <= ATOL
 
 
 @pytest.mark.parametrize("name", ["clip-tiny", "siglip-tiny"])
