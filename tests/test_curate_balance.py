@@ -67,3 +67,30 @@ def test_unmatched_texts_are_dropped_and_batching_is_irrelevant():
     n_cat = sum("cat" in t for t in texts)
     kept_cat = sum(k for t, k in zip(texts, whole) if "cat" in t)
     assert abs(kept_cat - 200) < 4 * np.sqrt(200 * (1 - 200 / n_cat))
+
+
+def test_spilled_match_chunks_give_the_same_balance(tmp_path):
+    from clipstack.curate.steps import Features, MatchStore, StepConfig, decide
+    from clipstack.curate.uids import uid_for
+
+    matcher = Matcher(["cat", "dog", "bird", "a"])
+    texts = [f"a {['cat', 'dog', 'bird', 'fish'][i % 4]} {i}" for i in range(500)]
+    results = []
+    for store in (MatchStore(), MatchStore(tmp_path / "spill", chunk=37)):
+        feats = Features(matches=store)
+        for start in range(0, len(texts), 23):
+            store.add(*matcher.match(texts[start:start + 23]))
+        feats.keys = [str(i) for i in range(len(texts))]
+        feats.uids = [uid_for(k) for k in feats.keys]
+        alive = np.ones(len(texts), dtype=bool)
+        alive[::10] = False  # counts and draws only over samples earlier steps kept
+        dec = decide("balance", feats, alive, StepConfig(balance_t=40, seed=5, num_entries=4))
+        results.append(dec)
+    assert len(list(MatchStore(tmp_path / "unused"))) == 0
+    assert len(list((tmp_path / "spill").glob("*.ids.npy"))) == 11  # batches of 23 flushed at >= 37: 46 each
+    mem, disk = results
+    np.testing.assert_array_equal(mem.drop, disk.drop)
+    assert mem.reasons == disk.reasons
+    np.testing.assert_array_equal(mem.info["counts_before"], disk.info["counts_before"])
+    assert mem.info["counts_before"][3] == 450 and not mem.drop[::10].any()
+    assert abs(int(mem.info["counts_after"][0]) - 40) < 25  # "cat": 113 alive, capped near t

@@ -87,6 +87,7 @@ def test_balance_step_in_pipeline(pool, tmp_path):
     a = curate(folder, tmp_path / "a", cfg)
     curate(folder, tmp_path / "b", cfg)
     assert (tmp_path / "a/subset.npy").read_bytes() == (tmp_path / "b/subset.npy").read_bytes()
+    assert not (tmp_path / "a/.work").exists()  # the spilled matches are cleaned up
     reasons = a.stats["dropped_by_step"]["balance"]
     assert reasons["no_match"] > 0 and reasons["balanced_out"] > 0
     after = a.decisions["balance"].info["counts_after"]

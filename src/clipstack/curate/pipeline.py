@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from clipstack.curate.steps import STEPS, Decision, Features, StepConfig, decide
+from clipstack.curate.steps import STEPS, Decision, Features, MatchStore, StepConfig, decide
 from clipstack.errors import ConfigError, DataError
 
 
@@ -132,11 +132,12 @@ def _read_one(raw: dict, feats: Features, cfg: CurateConfig, want_image: bool):
     return text, (image if want_image else None)
 
 
-def extract_features(urls: list[str], cfg: CurateConfig, matcher=None, scorer=None) -> Features:
+def extract_features(urls: list[str], cfg: CurateConfig, matcher=None, scorer=None,
+                     spill_dir: str | os.PathLike | None = None) -> Features:
     """Pass 1: features for every sample (and one record per shard-ending read error)."""
     from clipstack.progress import progress
 
-    feats = Features()
+    feats = Features(matches=MatchStore(spill_dir))
     want_image = scorer is not None
     batch_pos: list[int] = []
     batch_text: list[str] = []
@@ -145,8 +146,7 @@ def extract_features(urls: list[str], cfg: CurateConfig, matcher=None, scorer=No
     def flush():
         if matcher is not None:
             off, ids = matcher.match(batch_text)
-            feats.match_offsets.append(off)
-            feats.match_ids.append(ids)
+            feats.matches.add(off, ids)
         if scorer is not None:
             scores = np.full(len(batch_text), np.nan, dtype=np.float32)
             emb = np.zeros((len(batch_text), int(scorer.model.embed_dim)), dtype=np.float32)
@@ -202,7 +202,8 @@ def curate(in_shards, out_dir: str | os.PathLike, cfg: CurateConfig) -> CurateRe
         from clipstack.curate.filters import ClipScorer
 
         scorer = ClipScorer(cfg.clip_model, cfg.clip_pretrained, cfg.device)
-    feats = extract_features(urls, cfg, matcher, scorer)
+    work = out / ".work"  # metadata matches spilled to disk; removed when the run succeeds
+    feats = extract_features(urls, cfg, matcher, scorer, spill_dir=work)
     step_cfg = StepConfig(cfg.phash_threshold, cfg.phash_size, cfg.embed_threshold, cfg.clip_threshold,
                           cfg.clip_fraction, cfg.balance_t, cfg.seed, len(entries))
     n = len(feats)
@@ -220,6 +221,10 @@ def curate(in_shards, out_dir: str | os.PathLike, cfg: CurateConfig) -> CurateRe
         decisions[step] = dec
         sizes.append((step, int(alive.sum())))
     stats = _write_outputs(urls, out, feats, alive, reason_of, sizes, cfg, decisions)
+    if work.is_dir():
+        import shutil
+
+        shutil.rmtree(work)
     return CurateResult(out, stats, feats, decisions, reason_of, entries, step_cfg)
 
 

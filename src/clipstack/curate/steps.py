@@ -8,12 +8,63 @@ alive to score each step on its own against ground truth.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
 STEPS = ("text", "basic", "exact", "phash", "caption", "clip", "embed", "balance")
 DEDUP_STEPS = ("exact", "phash", "caption", "embed")
+
+
+class MatchStore:
+    """Metadata matches of every position, in order, as CSR chunks: in memory, or spilled to .npy
+    files in `spill_dir` so the balance step's two passes (count, then sample) run in bounded memory."""
+
+    def __init__(self, spill_dir: str | os.PathLike | None = None, chunk: int = 65536):
+        self.spill_dir = Path(spill_dir) if spill_dir else None
+        self.chunk = chunk
+        self._chunks: list[tuple[int, int, object]] = []  # (start, count, arrays or file stem)
+        self._pending: list[tuple[np.ndarray, np.ndarray]] = []
+        self._pending_n = 0
+        self.total = 0
+
+    def add(self, offsets: np.ndarray, ids: np.ndarray) -> None:
+        self._pending.append((offsets, ids))
+        self._pending_n += len(offsets) - 1
+        if self._pending_n >= self.chunk:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._pending:
+            return
+        offsets, ids, base = [np.zeros(1, dtype=np.int64)], [], 0
+        for off, idx in self._pending:
+            offsets.append(off[1:] + base)
+            ids.append(idx)
+            base += len(idx)
+        off, idx = np.concatenate(offsets), np.concatenate(ids).astype(np.int64)
+        store: object = (off, idx)
+        if self.spill_dir is not None:
+            self.spill_dir.mkdir(parents=True, exist_ok=True)
+            stem = self.spill_dir / f"matches_{len(self._chunks):06d}"
+            np.save(f"{stem}.offsets.npy", off)
+            np.save(f"{stem}.ids.npy", idx)
+            store = stem
+        self._chunks.append((self.total, self._pending_n, store))
+        self.total += self._pending_n
+        self._pending, self._pending_n = [], 0
+
+    def __iter__(self) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+        """(first position, offsets, ids) per chunk, in order."""
+        self.flush()
+        for start, _, store in self._chunks:
+            if isinstance(store, Path):
+                yield start, np.load(f"{store}.offsets.npy"), np.load(f"{store}.ids.npy")
+            else:
+                yield (start, *store)
 
 
 @dataclass
@@ -32,21 +83,10 @@ class Features:
     caption_key: list[str] = field(default_factory=list)
     clip_score: list[float] = field(default_factory=list)
     embeddings: list[np.ndarray] = field(default_factory=list)  # batches, rows aligned with positions
-    match_offsets: list[np.ndarray] = field(default_factory=list)  # per batch, CSR
-    match_ids: list[np.ndarray] = field(default_factory=list)
+    matches: MatchStore = field(default_factory=MatchStore)
 
     def __len__(self) -> int:
         return len(self.keys)
-
-    def matches(self) -> tuple[np.ndarray, np.ndarray]:
-        """All batches' CSR matches joined into one (offsets over all positions, ids)."""
-        offsets, ids, base = [np.zeros(1, dtype=np.int64)], [], 0
-        for off, idx in zip(self.match_offsets, self.match_ids):
-            offsets.append(off[1:] + base)
-            ids.append(idx)
-            base += len(idx)
-        return np.concatenate(offsets), (np.concatenate(ids) if ids else np.zeros(0, dtype=np.int64))
-
 
 @dataclass
 class StepConfig:
@@ -134,20 +174,28 @@ def decide(step: str, feats: Features, alive: np.ndarray, cfg: StepConfig) -> De
 
 
 def _balance(feats: Features, alive: np.ndarray, cfg: StepConfig):
+    """Two streaming passes over the stored matches: count over the alive samples, then sample."""
     from clipstack.curate.balance import balance_mask, entry_probabilities
     from clipstack.curate.uids import uid64
 
-    offsets, ids = feats.matches()
-    n = len(feats)
-    text = np.repeat(np.arange(n), np.diff(offsets))
-    live_pairs = alive[text]
-    counts = np.bincount(ids[live_pairs], minlength=cfg.num_entries).astype(np.uint64)
+    n_entries = max(1, cfg.num_entries)
+    counts = np.zeros(n_entries, dtype=np.uint64)
+    for start, off, ids in feats.matches:
+        text = np.repeat(np.arange(len(off) - 1), np.diff(off))
+        counts += np.bincount(ids[alive[start + text]], minlength=n_entries).astype(np.uint64)
     probs = entry_probabilities(counts, cfg.balance_t)
-    uid_hi = np.array([uid64(u) for u in feats.uids], dtype=np.uint64)
-    keep = balance_mask(offsets, ids, probs, uid_hi, cfg.seed) & alive
-    drop = alive & ~keep
-    has_match = np.diff(offsets) > 0
-    reasons = {int(i): ("balanced_out" if has_match[i] else "no_match") for i in np.flatnonzero(drop)}
-    kept_pairs = keep[text]
-    after = np.bincount(ids[kept_pairs], minlength=cfg.num_entries).astype(np.uint64)
+    drop = np.zeros(len(feats), dtype=bool)
+    reasons: dict[int, str] = {}
+    after = np.zeros(n_entries, dtype=np.uint64)
+    for start, off, ids in feats.matches:
+        n = len(off) - 1
+        uid_hi = np.array([uid64(u) for u in feats.uids[start:start + n]], dtype=np.uint64)
+        live = alive[start:start + n]
+        keep = balance_mask(off, ids, probs, uid_hi, cfg.seed) & live
+        text = np.repeat(np.arange(n), np.diff(off))
+        after += np.bincount(ids[keep[text]], minlength=n_entries).astype(np.uint64)
+        has_match = np.diff(off) > 0
+        for j in np.flatnonzero(live & ~keep):
+            drop[start + j] = True
+            reasons[int(start + j)] = "balanced_out" if has_match[j] else "no_match"
     return drop, reasons, {"counts_before": counts, "counts_after": after, "t": cfg.balance_t}
