@@ -14,7 +14,7 @@ from clipstack.curate.filters import clip_score_keep, text_reason
 from clipstack.curate.pipeline import CurateConfig, curate
 from clipstack.curate.uids import in_subset, is_sorted, load_subset, uid_for
 from clipstack.data.shards import read_samples
-from clipstack.errors import ConfigError
+from clipstack.errors import ConfigError, DataError
 
 STEPS = ["text", "basic", "exact", "phash", "caption"]
 
@@ -100,6 +100,8 @@ def test_config_errors(pool, tmp_path):
         curate(folder, tmp_path, CurateConfig(steps=["nope"]))
     with pytest.raises(ConfigError, match="--metadata"):
         curate(folder, tmp_path, CurateConfig(steps=["balance"]))
+    with pytest.raises(DataError, match="nope.tar: shard not found"):
+        curate(tmp_path / "nope.tar", tmp_path / "o", CurateConfig())
     with pytest.raises(ConfigError, match="--clip-model"):
         curate(folder, tmp_path, CurateConfig(steps=["clip"], clip_fraction=0.5))
 

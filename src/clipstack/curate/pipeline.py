@@ -132,6 +132,20 @@ def _read_one(raw: dict, feats: Features, cfg: CurateConfig, want_image: bool):
     return text, (image if want_image else None)
 
 
+def _expected_count(urls: list[str]) -> int | None:
+    """Samples in the input according to the shards' `_stats.json` files (for the progress bar)."""
+    import json
+
+    total = 0
+    for url in urls:
+        stats = Path(url).with_name(Path(url).stem + "_stats.json")
+        try:
+            total += int(json.loads(stats.read_text(encoding="utf-8"))["successes"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+    return total
+
+
 def extract_features(urls: list[str], cfg: CurateConfig, matcher=None, scorer=None,
                      spill_dir: str | os.PathLike | None = None) -> Features:
     """Pass 1: features for every sample (and one record per shard-ending read error)."""
@@ -161,7 +175,7 @@ def extract_features(urls: list[str], cfg: CurateConfig, matcher=None, scorer=No
         batch_text.clear()
         batch_img.clear()
 
-    bar = progress(desc="curate: read", unit="sample")
+    bar = progress(total=_expected_count(urls), desc="curate: read", unit="sample")
     for shard_idx, rec in _records(urls):
         feats.shard.append(shard_idx)
         if isinstance(rec, DataError):
@@ -194,6 +208,9 @@ def curate(in_shards, out_dir: str | os.PathLike, cfg: CurateConfig) -> CurateRe
     urls = expand_urls(in_shards)
     if not urls:
         raise DataError(f"{in_shards}: no .tar shards found")
+    missing = [u for u in urls if not Path(u).exists()]
+    if missing:
+        raise DataError(f"{missing[0]}: shard not found ({len(missing)} of {len(urls)} missing)")
     out = Path(out_dir)
     entries = load_metadata(cfg.metadata) if cfg.metadata else []
     matcher = make_matcher(entries, cfg.match_method) if "balance" in cfg.steps else None
