@@ -131,6 +131,15 @@ def test_draft_train_and_other_modes_have_right_shape():
         assert image_transform((48, 64), **kw)(data).shape == (3, 48, 64)
 
 
+@pytest.mark.parametrize("mode", ["L", "CMYK"])
+def test_fast_path_other_jpeg_modes(mode):
+    data = _jpeg_bytes(_photo(900, 600, seed=1).filter(ImageFilter.GaussianBlur(1.5)).convert(mode))
+    ref = open_clip.image_transform(64, is_train=False)(Image.open(io.BytesIO(data)))
+    ours = image_transform(64, is_train=False)(data)
+    assert ours.shape == (3, 64, 64) and float(((ours - ref).abs() * STD).mean()) < 3 / 255
+    assert _pixel_diff(image_transform(64, is_train=False, fast=False)(data), ref) <= ONE_LEVEL
+
+
 def test_bad_options_name_the_field():
     with pytest.raises(ConfigError, match="resize_mode='fit'"):
         image_transform(224, False, resize_mode="fit")
