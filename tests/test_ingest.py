@@ -128,6 +128,22 @@ def test_rerun_skips_finished_shards_and_redoes_missing_ones(tmp_path):
         _run(tmp_path / "t.csv", tmp_path / "out", shard_size=3)
 
 
+def test_open_clip_webdataset_pipeline_reads_the_output(tmp_path):
+    import webdataset as wds
+
+    src = tmp_path / "src"
+    write_shard(src, 0, [Sample(f"k{i}", jpeg((90, 60)), [f"caption {i}", "rewrite"]) for i in range(5)]
+                + [Sample("noimg", b"", ["no image"], ext="txt")])
+    result = _run(src, tmp_path / "out", shard_size=3)
+    assert (result.total, result.kept, result.dropped) == (6, 5, {"missing_file": 1})
+    sizes = json.loads((tmp_path / "out" / "sizes.json").read_text())
+    urls = str(tmp_path / "out" / "{00000..00001}.tar")
+    pairs = list(wds.WebDataset(urls, shardshuffle=False).decode("pilrgb").to_tuple("jpg", "txt", "json"))
+    assert len(pairs) == sum(sizes.values()) == 5
+    img, txt, meta = pairs[0]
+    assert img.size == (48, 32) and txt == "caption 0" and meta["captions"] == ["caption 0", "rewrite"]
+
+
 def test_processes_give_the_same_bytes_as_inline(tmp_path):
     src = tmp_path / "src"
     write_shard(src, 0, [Sample(f"k{i}", jpeg((60 + i, 50)), [f"c {i}"]) for i in range(8)])

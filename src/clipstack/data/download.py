@@ -32,7 +32,7 @@ class Fetcher:
     def __call__(self, location: str) -> bytes:
         """Bytes at `location` (a path, `file://` or `http(s)://` URL); raises `SampleError`."""
         if not location:
-            raise SampleError("missing_file", "no image path or URL given")
+            raise SampleError("missing_file", "no image path or URL given (or no image in the sample)")
         if is_url(location):
             return self._http(location)
         path = location.removeprefix("file://")

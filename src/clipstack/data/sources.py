@@ -166,7 +166,7 @@ def wds_rows(urls: str) -> Iterator[Row]:
                 meta.pop(name, None)
             meta.setdefault("url", f"{url}#{key}")
             meta["source_key"] = key
-            yield Row("" if ext else f"{url}#{key}", [str(c) for c in captions], meta, _safe_key(key),
+            yield Row("", [str(c) for c in captions], meta, _safe_key(key),
                       data=raw[ext] if ext else None,
                       caption_note="" if captions or "txt" in raw else "no .txt or captions in the sample")
 
