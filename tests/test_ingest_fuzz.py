@@ -12,7 +12,7 @@ from _data_util import ImageServer, jpeg, png, png_bomb
 from clipstack.cli import main
 from clipstack.data.ingest import IngestConfig, ingest
 from clipstack.data.resize import Resizer
-from clipstack.data.shards import Sample, open_image, read_samples, write_shard
+from clipstack.data.shards import Sample, SampleError, open_image, read_samples, write_shard
 
 
 def _fuzzed_table(tmp_path, server_url):
@@ -115,6 +115,20 @@ def test_fuzzed_pool_exact_counts_and_reasons(fuzzed, tmp_path, capsys):
     assert min(open_image(samples["k02"].image).size) == 32
     assert server.hits["/flaky/remote.jpg"] == 2  # one 503, one retry that worked
     assert server.hits["/status/404"] == 1  # a 404 is not retried
+
+
+def test_pixel_limit_is_ours_not_pils():
+    from PIL import Image
+
+    bomb = png_bomb(20_000, 10_000)  # 200 megapixels: above PIL's own hard limit (2 x 89.5 M)
+    with pytest.raises(SampleError) as err:
+        open_image(bomb)
+    assert err.value.reason == "decompression_bomb" and "exceeds the limit of 89478485" in str(err.value)
+    lazy = open_image(bomb, max_pixels=300_000_000, load=False)  # allowed: only the header was read
+    assert lazy.size == (20_000, 10_000) and Image.MAX_IMAGE_PIXELS == 89_478_485
+    with pytest.raises(SampleError) as err:
+        open_image(png_bomb(64, 64))  # a small declared size, but the pixel data is cut short
+    assert err.value.reason == "undecodable_image"
 
 
 def test_truncated_tar_source_keeps_what_was_readable(tmp_path, capsys):

@@ -310,14 +310,20 @@ def open_image(data: bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS, load: b
 
     if not data:
         raise SampleError("undecodable_image", "empty image data (0 bytes)")
+    pil_limit = Image.MAX_IMAGE_PIXELS
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            # PIL would refuse above twice its own limit whatever we ask: ours is the one that counts,
+            # checked below from the header alone.
+            Image.MAX_IMAGE_PIXELS = None
             img = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as exn:
         raise SampleError("decompression_bomb", str(exn)) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exn:
         raise SampleError("undecodable_image", f"cannot identify image ({type(exn).__name__}: {exn})") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = pil_limit
     width, height = img.size
     if max_pixels is not None and width * height > max_pixels:
         raise SampleError("decompression_bomb",
