@@ -10,6 +10,7 @@ kept samples (its manifest lists the dropped ones with their reasons). Beside th
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections import Counter
 from collections.abc import Iterator
@@ -43,6 +44,7 @@ class CurateConfig:
     clip_fraction: float | None = None
     batch_size: int = 256
     device: str = "cpu"
+    decode_side: int = 128  # images are decoded with no side below this (JPEG draft); 0 = full size
 
     def validate(self) -> None:
         for step in self.steps:
@@ -112,8 +114,8 @@ def _read_one(raw: dict, feats: Features, cfg: CurateConfig, want_image: bool):
     feats.keys.append(key)
     feats.uids.append(uid_for(key, meta))
     feats.non_utf8.append(caption is None)
-    decoded = load_image(sample.image) if sample is not None else None
-    size = decoded.size if decoded is not None else None
+    # Hashes and CLIP scores do not need full resolution: decode JPEGs at a reduced DCT scale.
+    decoded, size = load_image(sample.image, draft=cfg.decode_side) if sample is not None else (None, None)
     if sample is not None and size is None:
         read_reason = "corrupt_image"
     if read_reason is None and caption is None and "text" not in cfg.steps:
@@ -219,6 +221,9 @@ def curate(in_shards, out_dir: str | os.PathLike, cfg: CurateConfig) -> CurateRe
         from clipstack.curate.filters import ClipScorer
 
         scorer = ClipScorer(cfg.clip_model, cfg.clip_pretrained, cfg.device)
+        side = int(max(getattr(scorer.model, "image_size", (224, 224))))
+        if cfg.decode_side:
+            cfg = dataclasses.replace(cfg, decode_side=max(cfg.decode_side, 2 * side))
     work = out / ".work"  # metadata matches spilled to disk; removed when the run succeeds
     feats = extract_features(urls, cfg, matcher, scorer, spill_dir=work)
     step_cfg = StepConfig(cfg.phash_threshold, cfg.phash_size, cfg.embed_threshold, cfg.clip_threshold,
