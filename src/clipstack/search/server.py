@@ -137,6 +137,7 @@ def _load_static() -> dict[str, bytes]:
 
 def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
     metrics = Metrics()
+    engine.on_batch = metrics.batches.observe
     static = _load_static()
     default_index = next(iter(engine.indices), None)
 
@@ -257,9 +258,6 @@ def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
 
     @app.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics")
     async def prometheus() -> PlainTextResponse:
-        sizes, engine.batch_sizes[:] = list(engine.batch_sizes), []
-        for size in sizes:
-            metrics.batches.observe(size)
         gauges = {"clipstack_index_rows": sum(i.rows for i in engine.indices.values())}
         return PlainTextResponse(metrics.render(gauges), media_type="text/plain; version=0.0.4")
 

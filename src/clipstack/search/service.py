@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,7 +49,7 @@ class Engine:
         self.indices = indices
         self.encoders = encoders  # index name -> encoder (shared object when indices share a model)
         self.max_batch = max_batch
-        self.batch_sizes: list[int] = []  # drained by the metrics endpoint
+        self.on_batch: Callable[[int], None] | None = None  # e.g. a metrics histogram's observe
         self._queue: asyncio.Queue[Query] | None = None
         self._worker: asyncio.Task | None = None
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="clipstack-query")
@@ -98,7 +98,8 @@ class Engine:
             batch = [await self._queue.get()]
             while len(batch) < self.max_batch and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
-            self.batch_sizes.append(len(batch))
+            if self.on_batch is not None:
+                self.on_batch(len(batch))
             try:
                 results = await loop.run_in_executor(self._pool, self.run_batch, batch)
             except Exception as exn:  # noqa: BLE001 - a failed batch fails its queries, not the worker
@@ -174,7 +175,3 @@ def dedup_order(embeddings) -> list[int]:
         if not kept or sims[i, kept].max() < DEDUP_THRESHOLD:
             kept.append(i)
     return kept
-
-
-def now() -> float:
-    return time.perf_counter()
