@@ -176,16 +176,34 @@ def test_clip_and_embed_steps_with_a_real_model(pool, tmp_path):
     assert result.stats["in"] == result.stats["kept"] + result.stats["dropped"]
 
 
+DEFECT_OF_REASON = {"text:empty_caption": "empty_caption", "text:junk_file_name": "short_caption",
+                    "text:junk_camera_id": "short_caption", "text:non_utf8": "non_utf8_caption",
+                    "basic:few_words": "short_caption", "basic:small_image": "too_small",
+                    "basic:aspect_ratio": "clean", "read:corrupt_image": "corrupt_image",
+                    "exact:duplicate": "exact_duplicate", "phash:near_duplicate": "near_duplicate",
+                    "caption:duplicate": "clean"}
+
+
 def test_cli_end_to_end(pool, tmp_path, capsys):
+    import pyarrow as pa
+
     folder, expected = pool
+    keys = [s.key for s in read_samples(folder, on_error=lambda e: None)] + ["000000108"]
+    gt = tmp_path / "ground_truth.parquet"  # labels as `clipstack synth` writes them
+    pq.write_table(pa.table({"key": keys, "defect": [DEFECT_OF_REASON.get(expected.get(k), "clean")
+                                                     for k in keys]}), gt)
     out = tmp_path / "out"
     meta = tmp_path / "meta.txt"
     meta.write_text("cat\ndog\nbirds\nfruit\nsea\n")
     rc = main(["curate", str(folder), str(out), "--steps", "text,basic,exact,phash,caption,balance",
-               "--min-side", "30", "--metadata", str(meta), "--t", "3", "--report"])
+               "--min-side", "30", "--metadata", str(meta), "--t", "3", "--report", "--ground-truth", str(gt)])
     assert rc == 0
     text = capsys.readouterr().out
     assert "in 35" in text and "Balancing" in text
+    assert "| read | 1 | 1.000 | corrupt_image 1/1 (1.00) | 0 | 0 |" in text
+    assert "| exact | 1 | 1.000 | exact_duplicate 1/1 (1.00) | 0 | 0 |" in text
+    assert "| phash | 2 | 1.000 | exact_duplicate 1/1 (1.00), near_duplicate 1/1 (1.00) | 0 | 0 |" in text
+    assert "| text | 4 | 1.000 |" in text and "| all (cascade) |" in text
     for name in ("sizes.png", "entry_counts.png", "top_entries.png", "summary.md"):
         assert (out / "report" / name).stat().st_size > 0
     Image.open(out / "report" / "entry_counts.png").verify()

@@ -50,7 +50,8 @@ def score_steps(result, gt_path: str | os.PathLike) -> list[dict]:
     readable = np.array([r is None for r in feats.read_reason], dtype=bool)
     masks = {"read": ~readable}
     for step in result.stats["steps"]:
-        masks[step] = decide(step, feats, readable, result.step_cfg).drop
+        if TARGETS.get(step):  # balancing is not a defect detector: scored only within the cascade
+            masks[step] = decide(step, feats, readable, result.step_cfg).drop
     cascade = np.zeros(len(feats), dtype=bool)
     cascade[list(result.reason_of)] = True
     rows = []
