@@ -34,11 +34,13 @@ def test_folder_with_sidecar_txt(tmp_path):
     (src / "sub" / "dog.png").write_bytes(png((40, 80)))
     (src / "sub" / "dog.txt").write_text("a dog", encoding="utf-8")
     (src / "nocap.jpg").write_bytes(jpeg())
+    (src / "cat.json").write_text(json.dumps({"captions": ["a cat", "a tabby on a mat"], "license": "cc0"}))
     result = _run(src, tmp_path / "out")
     assert (result.total, result.kept, result.dropped) == (3, 2, {"empty_caption": 1}) and count_hint(str(src)) == 3
     samples = {s.key: s for s in read_samples(tmp_path / "out")}
     assert sorted(samples) == ["cat", "sub_dog"]
-    assert samples["cat"].caption == "a cat" and samples["cat"].ext == "jpg"
+    assert samples["cat"].captions == ["a cat", "a tabby on a mat"] and samples["cat"].ext == "jpg"
+    assert samples["cat"].meta["license"] == "cc0" and samples["sub_dog"].captions == ["a dog"]
     assert _size(samples["cat"]) == (43, 32) and _size(samples["sub_dog"]) == (32, 64)
     ledger = pq.read_table(tmp_path / "out" / "_ledger.parquet").to_pylist()
     assert [r["error_message"] for r in ledger if r["key"] == "nocap"] == ["no caption file nocap.txt"]

@@ -181,7 +181,7 @@ def check_captions(row: Row) -> tuple[list[str], str, str]:
             raw = caption.encode("utf-8", "surrogateescape")
             return [], "non_utf8_caption", f"caption bytes are not UTF-8: {raw[:40]!r}"
         caption = caption.strip()
-        if caption:
+        if caption and caption not in clean:  # the same text twice adds nothing to sample from
             clean.append(caption)
     if not clean:
         return [], "empty_caption", row.caption_note or "caption is empty"

@@ -88,22 +88,33 @@ def count_hint(src: str, kind: str = "auto") -> int | None:
 
 
 def folder_rows(root: Path) -> Iterator[Row]:
-    """Images under `root` (recursively, sorted) with a sidecar `.txt`, or listed in `captions.csv`."""
+    """Images under `root` (recursively, sorted) with sidecar captions, or listed in `captions.csv`.
+
+    A sidecar `<name>.txt` holds the caption; an optional `<name>.json` adds more captions (its
+    `captions` list, e.g. rewrites) and metadata (its other fields).
+    """
     if not root.is_dir():
         raise DataError(f"{root}: not a folder")
     if (root / "captions.csv").exists():
         yield from table_rows(root / "captions.csv", None, None, None)
         return
     for path in sorted(p for p in root.rglob("*") if p.suffix.lower() in FOLDER_IMAGE_EXTS and p.is_file()):
-        rel = path.relative_to(root).with_suffix("")
-        sidecar = path.with_suffix(".txt")
-        meta = {"url": str(path)}
-        key = _safe_key(str(rel))
-        if not sidecar.exists():
-            yield Row(str(path), [], meta, key, caption_note=f"no caption file {sidecar.name}")
-            continue
-        text = sidecar.read_bytes().decode("utf-8", "surrogateescape")
-        yield Row(str(path), [text], meta, key)
+        key = _safe_key(str(path.relative_to(root).with_suffix("")))
+        meta: dict[str, Any] = {"url": str(path)}
+        captions: list[str] = []
+        sidecar, extra = path.with_suffix(".txt"), path.with_suffix(".json")
+        if sidecar.exists():
+            captions.append(sidecar.read_bytes().decode("utf-8", "surrogateescape"))
+        if extra.exists():
+            try:
+                info = json.loads(extra.read_bytes().decode("utf-8", "surrogateescape"))
+            except json.JSONDecodeError as exn:
+                raise DataError(f"{extra}: not valid JSON ({exn.msg})") from None
+            if isinstance(info, dict):
+                captions.extend(_caption_values(info.pop("captions", None)))  # repeats dropped later
+                meta.update({k: _jsonable(v) for k, v in info.items() if k not in ("url", "key")})
+        note = "" if captions else f"no caption file {sidecar.name}"
+        yield Row(str(path), captions, meta, key, caption_note=note)
 
 
 def table_rows(path: Path, url_col: str | None, caption_cols: list[str] | None,
