@@ -3,6 +3,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed-stamp
+# Reference implementations that parity tests run against, installed without their dependency trees
+# (the code the tests call needs only packages already in the dev extra).
+NODEPS_REFS := 'clip_benchmark>=1.6'
 
 .PHONY: install quickstart test lint sysdeps bench clean
 
@@ -11,6 +14,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet -c constraints.txt torch==2.13.0
 	$(PIP) install --quiet -c constraints.txt -e '.[dev]'
+	$(PIP) install --quiet --no-deps $(NODEPS_REFS)
 	touch $@
 
 install: $(STAMP)
