@@ -51,6 +51,18 @@ def test_forward_normalized_and_encode(tiny):
         torch.testing.assert_close(tiny.encode_image(image[:1]), raw[:1], atol=1e-5, rtol=1e-5)
 
 
+def test_get_logits_and_context_length_check(tiny):
+    tok = get_tokenizer("clip-tiny")
+    image, text = torch.randn(2, 3, 32, 32), tok(["a", "b", "c"])
+    with torch.no_grad():
+        logits_per_image, logits_per_text = tiny.get_logits(image, text)
+        img_f, txt_f, scale = tiny(image, text)
+    assert logits_per_image.shape == (2, 3) and torch.equal(logits_per_text, logits_per_image.T)
+    torch.testing.assert_close(logits_per_image, scale * img_f @ txt_f.T)
+    with pytest.raises(ValueError, match="context length 32"):
+        tiny.encode_text(tok(["word " * 50], context_length=40))
+
+
 def test_siglip_tiny_has_bias_and_text_under_text_prefix():
     model = create_model("siglip-tiny").eval()
     assert model.logit_bias.item() == -10.0

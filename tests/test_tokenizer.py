@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from clipstack.errors import ConfigError
 from clipstack.models import Tokenizer, get_tokenizer
@@ -83,3 +85,21 @@ def test_hf_tokenizer_config_is_refused():
     cfg = {"embed_dim": 8, "vision_cfg": {}, "text_cfg": {"hf_tokenizer_name": "timm/ViT-B-16-SigLIP"}}
     with pytest.raises(ConfigError, match="hf_tokenizer_name"):
         get_tokenizer(cfg)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.text(max_size=60), min_size=1, max_size=3))
+def test_matches_open_clip_on_random_unicode(texts):
+    open_clip_tokenizer = pytest.importorskip("open_clip.tokenizer")
+    torch.testing.assert_close(_ours()(texts, context_length=24), _ref(open_clip_tokenizer)(texts, context_length=24))
+
+
+_TOKENIZERS: dict = {}
+
+
+def _ours():
+    return _TOKENIZERS.setdefault("ours", Tokenizer())
+
+
+def _ref(module):
+    return _TOKENIZERS.setdefault("ref", module.SimpleTokenizer())

@@ -74,6 +74,9 @@ class TextTransformer(nn.Module):
         projected pooled embedding. Padding is not masked inside attention, as in OpenCLIP: the causal
         mask already hides it from the EOT token, and SigLIP towers were trained seeing it."""
         seq_len = tokens.shape[1]
+        if seq_len > self.context_length:
+            raise ValueError(f"{seq_len} tokens per caption exceed the model's context length "
+                             f"{self.context_length}; tokenize with get_tokenizer(model config)")
         x = self.token_embedding(tokens) + self.positional_embedding[:seq_len].to(self.token_embedding.weight.dtype)
         x = self.transformer(x, is_causal=self.causal)
         x = self.ln_final(x)
