@@ -69,7 +69,8 @@ def setup(tmp_path_factory):
     write_shard(root / "single", 0, merged)
     write_sizes(root / "single")
     common = dict(data={"batch_size": 2 * LOCAL_BATCH, "workers": 0, "shuffle_buffer": 0,
-                        "shuffle_shards": False},
+                        "shuffle_shards": False, "captions_per_image": 2},
+                  optim={"lr": 1e-3, "accum_freq": 2},
                   schedule={"epochs": 2, "warmup_steps": 2},
                   checkpoint={"every_steps": 2, "keep_last": 4, "export": True})
     single = root / "run_single"

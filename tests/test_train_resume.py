@@ -113,10 +113,12 @@ def test_kill_during_checkpoint_write_leaves_previous_checkpoint(reference):
     _assert_identical(root / "torn", ref_state, ref_metrics)
 
 
-def test_fresh_start_refuses_a_run_folder_with_checkpoints(reference):
+def test_fresh_start_refuses_a_run_folder_with_checkpoints(reference, capsys):
+    from clipstack.cli import main
+
     root, _, _ = reference
-    proc = run_cli("train", "--config", str(_config(root, "ref")), check=False)
-    assert proc.returncode == 2
-    assert "already holds checkpoints" in proc.stderr and "--resume latest" in proc.stderr
+    assert main(["train", "--config", str(_config(root, "ref"))]) == 2
+    err = capsys.readouterr().err
+    assert "already holds checkpoints" in err and "--resume latest" in err
     config = json.loads((root / "ref" / "config.json").read_text())
     assert config["model_config"]["embed_dim"] == 64 and config["clipstack_version"]

@@ -43,10 +43,10 @@ class _MultiCaption(nn.Module):
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
-        self.model = model
+        self.module = model  # named like DDP's attribute so unwrapping helpers find the model
 
     def forward(self, images: torch.Tensor, texts: torch.Tensor):
-        return self.model(images, texts.flatten(0, 1))
+        return self.module(images, texts.flatten(0, 1))
 
 
 class _MultiCaptionLoss(nn.Module):
@@ -170,9 +170,9 @@ class _Run:
         model = self._build_model()
         loss_fn = self._build_loss(model)
         spec = self._loader_spec(model)
-        wrapped = wrap_model(model, info, fsdp=cfg.distributed.fsdp)
-        if cfg.data.captions_per_image > 1:
-            wrapped = _MultiCaption(wrapped)
+        # The caption wrapper goes inside DDP, so DDP's no_sync reaches the accumulation loop.
+        net = _MultiCaption(model) if cfg.data.captions_per_image > 1 else model
+        wrapped = wrap_model(net, info, fsdp=cfg.distributed.fsdp)
         if cfg.model.compile:
             wrapped = torch.compile(wrapped)
         optimizer = create_optimizer(model, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
@@ -327,7 +327,8 @@ class _Run:
         was_training = self.model.training
         self.model.eval()
         for cb in due:
-            if cb.main_only and not self.info.is_main:
+            # Under FSDP every rank must join the forward's all-gathers, so all ranks run callbacks.
+            if cb.main_only and not self.info.is_main and not self.cfg.distributed.fsdp:
                 continue
             ctx = StepContext(step=self.step, epoch=self.epoch, total_steps=self.total_steps, model=self.model,
                               run_dir=self.run_dir, metrics=dict(self.last_metrics), is_main=self.info.is_main,
