@@ -97,6 +97,9 @@ def test_fuzzed_pool_exact_counts_and_reasons(fuzzed, tmp_path, capsys):
 
     ledger = pq.read_table(out / "_ledger.parquet").to_pylist()
     assert Counter(r["status"] for r in ledger) == EXPECTED
+    expected_order = [f"k{i:02d}" for i in range(20)]
+    expected_order[17] = "k01"
+    assert [r["key"] for r in ledger] == expected_order  # one ledger row per input row, in input order
     by_key = {r["key"]: r for r in ledger if r["status"] != "duplicate_key"}
     assert {k: by_key[k]["status"] for k in EXPECTED_BY_KEY} == EXPECTED_BY_KEY
     assert "10000x10000" in by_key["k11"]["error_message"] and "404" in by_key["k18"]["error_message"]

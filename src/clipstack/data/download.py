@@ -11,8 +11,9 @@ import os
 import time
 import urllib.error
 import urllib.request
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -87,21 +88,28 @@ def is_url(location: str) -> bool:
     return location.startswith(("http://", "https://"))
 
 
-def map_bounded(fn: Callable[[T], object], items: Iterable[T], threads: int) -> Iterator[object]:
-    """`fn` over `items` in order with at most `threads` calls in flight (exceptions are returned)."""
-    items = list(items)
-
+def map_bounded(fn: Callable[[T], object], items: Iterable[T], threads: int,
+                ahead: int = 4) -> Iterator[object]:
+    """`fn` over `items` in order, at most `threads` calls in flight and `threads * ahead` results
+    waiting (so fast downloads cannot pile a whole shard of images up in memory). Exceptions are
+    returned in place of results, for the caller to record."""
     def safe(item: T) -> object:
         try:
             return fn(item)
         except Exception as exn:  # noqa: BLE001 -- handed back to the caller, which records the drop
             return exn
 
-    if threads <= 1 or len(items) <= 1:
+    if threads <= 1:
         yield from (safe(item) for item in items)
         return
-    with ThreadPoolExecutor(max_workers=min(threads, len(items)), thread_name_prefix="fetch") as pool:
-        yield from pool.map(safe, items)
+    window: deque[Future] = deque()
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="fetch") as pool:
+        for item in items:
+            window.append(pool.submit(safe, item))
+            if len(window) >= threads * ahead:
+                yield window.popleft().result()
+        while window:
+            yield window.popleft().result()
 
 
 def default_threads() -> int:

@@ -133,42 +133,43 @@ def _shard_batches(rows: Iterator[Row], shard_size: int) -> Iterator[list[tuple[
 def _process_shard(out_dir: str, index: int, batch: list[tuple[Row, str, bool]], cfg: IngestConfig) -> int:
     """Check, fetch, resize and write one shard; returns the number of input rows it accounted for."""
     fetch = Fetcher(timeout=cfg.timeout, retries=cfg.retries)
-    drops: list[Drop] = []
-    pending: list[tuple[Row, str, list[str]]] = []
+    checked: list[tuple[Row, str, list[str] | Drop]] = []
     for row, key, duplicate in batch:
         meta = {**row.meta, "key": key}
         if duplicate:
-            drops.append(Drop(key, "duplicate_key", f"key {key} already used by an earlier row", meta))
+            checked.append((row, key, Drop(key, "duplicate_key", f"key {key} already used by an earlier row", meta)))
             continue
         captions, reason, detail = check_captions(row)
-        if reason:
-            drops.append(Drop(key, reason, detail, meta))
-            continue
-        pending.append((row, key, captions))
+        checked.append((row, key, Drop(key, reason, detail, meta) if reason else captions))
 
-    def load(item: tuple[Row, str, list[str]]) -> bytes:
-        row = item[0]
+    def load(item: tuple[Row, str, list[str] | Drop]) -> bytes | None:
+        row, _, verdict = item
+        if isinstance(verdict, Drop):
+            return None  # dropped already: nothing to fetch
         return row.data if row.data is not None else fetch(row.location)
 
-    def samples() -> Iterator[Sample]:
-        for (row, key, captions), data in zip(pending, map_bounded(load, pending, cfg.threads)):
+    def samples() -> Iterator[Sample | Drop]:
+        """Samples and drops in input order (fetches run ahead on `cfg.threads` threads)."""
+        for (row, key, verdict), data in zip(checked, map_bounded(load, checked, cfg.threads)):
+            if isinstance(verdict, Drop):
+                yield verdict
+                continue
             meta = {**row.meta, "key": key}
             try:
                 if isinstance(data, Exception):
                     raise data
                 img = cfg.resizer(data)
             except SampleError as err:
-                drops.append(Drop(key, err.reason, err.detail, meta))
+                yield Drop(key, err.reason, err.detail, meta)
                 continue
             except Exception as exn:  # noqa: BLE001 -- one odd file must not end a long run; count it
-                drops.append(Drop(key, "undecodable_image", f"{type(exn).__name__}: {exn}", meta))
+                yield Drop(key, "undecodable_image", f"{type(exn).__name__}: {exn}", meta)
                 continue
             meta.update(width=img.width, height=img.height, original_width=img.original_width,
                         original_height=img.original_height, sha256=img.sha256)
-            yield Sample(key, img.data, captions, ext=img.ext, meta=meta)
+            yield Sample(key, img.data, verdict, ext=img.ext, meta=meta)
 
-    stats = write_shard(out_dir, index, samples(), drops)
-    return stats.count
+    return write_shard(out_dir, index, samples()).count
 
 
 def check_captions(row: Row) -> tuple[list[str], str, str]:

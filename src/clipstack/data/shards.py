@@ -68,12 +68,13 @@ def shard_name(index: int) -> str:
     return f"{index:05d}"
 
 
-def write_shard(out_dir: str | os.PathLike, index: int, samples: Iterable[Sample],
+def write_shard(out_dir: str | os.PathLike, index: int, samples: Iterable[Sample | Drop],
                 drops: Iterable[Drop] = ()) -> ShardStats:
     """Write one shard (tar + parquet manifest + stats) atomically; `samples` may be a generator.
 
     Drops are listed in the manifest with their reason, as img2dataset lists failed downloads, and
-    counted in the stats, so `count == successes + failed` holds per shard.
+    counted in the stats, so `count == successes + failed` holds per shard. A `Drop` may also come
+    through `samples`, which keeps the manifest in input order; `drops` are listed after.
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -84,9 +85,19 @@ def write_shard(out_dir: str | os.PathLike, index: int, samples: Iterable[Sample
     name = shard_name(index)
     start = time.time()
     rows: list[dict[str, Any]] = []
+    drop_list: list[Drop] = []
+
+    def add_drop(drop: Drop) -> None:
+        drop_list.append(drop)
+        meta = {"key": drop.key, **{k: v for k, v in drop.meta.items() if k != "key"}}
+        rows.append(_manifest_row(meta, drop.reason, drop.detail))
+
     with atomic_path(out / f"{name}.tar") as tmp:
         with open(tmp, "wb") as fh, wds.TarWriter(fh, encoder=False, mtime=TAR_MTIME) as tar:
             for sample in samples:
+                if isinstance(sample, Drop):
+                    add_drop(sample)
+                    continue
                 meta = sample_json(sample)
                 tar.write({
                     "__key__": sample.key,
@@ -95,10 +106,8 @@ def write_shard(out_dir: str | os.PathLike, index: int, samples: Iterable[Sample
                     "json": json.dumps(meta, ensure_ascii=False, sort_keys=True).encode("utf-8"),
                 })
                 rows.append(_manifest_row(meta, "success", ""))
-    drop_list = list(drops)
-    for drop in drop_list:
-        meta = {"key": drop.key, **{k: v for k, v in drop.meta.items() if k != "key"}}
-        rows.append(_manifest_row(meta, drop.reason, drop.detail))
+    for drop in drops:
+        add_drop(drop)
     status = Counter(row["status"] for row in rows)
     stats = ShardStats(shard=f"{name}.tar", count=len(rows), successes=status.get("success", 0),
                        failed=len(drop_list), duration=round(time.time() - start, 3),
