@@ -123,6 +123,17 @@ def test_packed_attention_mask_isolates_images(tiny):
     torch.testing.assert_close(full[:, :9], first, atol=1e-5, rtol=1e-5)
 
 
+def test_text_attn_mask_combines_with_causal(tiny):
+    tokens = get_tokenizer("clip-tiny")(["a photo of a cat"])
+    everything = torch.ones(1, 32, 32, dtype=torch.bool)
+    with torch.no_grad():
+        plain = tiny.text.forward_features(tokens)
+        masked = tiny.text.forward_features(tokens, attn_mask=everything)
+        no_self_look_back = tiny.text.forward_features(tokens, attn_mask=torch.eye(32, dtype=torch.bool)[None])
+    torch.testing.assert_close(masked.pooled, plain.pooled)
+    assert (no_self_look_back.pooled - plain.pooled).abs().max() > 1e-4
+
+
 def test_grad_checkpointing_same_result_and_grads():
     model = create_model("clip-tiny")
     image, text = torch.randn(2, 3, 32, 32), get_tokenizer("clip-tiny")(["a", "b"])

@@ -69,16 +69,19 @@ class TextTransformer(nn.Module):
             return torch.zeros(tokens.shape[0], dtype=torch.long, device=tokens.device)
         return torch.full((tokens.shape[0],), tokens.shape[1] - 1, dtype=torch.long, device=tokens.device)
 
-    def forward_features(self, tokens: torch.Tensor) -> TowerOutput:
+    def forward_features(self, tokens: torch.Tensor, attn_mask: torch.Tensor | None = None) -> TowerOutput:
         """Token features [B,L,width] after ln_final, the padding mask (True = real token) and the
         projected pooled embedding. Padding is not masked inside attention, as in OpenCLIP: the causal
-        mask already hides it from the EOT token, and SigLIP towers were trained seeing it."""
+        mask already hides it from the EOT token, and SigLIP towers were trained seeing it. An extra
+        `attn_mask` ([B,L,L] bool, True = may attend; e.g. packed captions) is combined with causality."""
         seq_len = tokens.shape[1]
         if seq_len > self.context_length:
             raise ValueError(f"{seq_len} tokens per caption exceed the model's context length "
                              f"{self.context_length}; tokenize with get_tokenizer(model config)")
         x = self.token_embedding(tokens) + self.positional_embedding[:seq_len].to(self.token_embedding.weight.dtype)
-        x = self.transformer(x, is_causal=self.causal)
+        if attn_mask is not None and attn_mask.dim() == 3:
+            attn_mask = attn_mask.unsqueeze(1)  # broadcast over heads
+        x = self.transformer(x, attn_mask=attn_mask, is_causal=self.causal)
         x = self.ln_final(x)
         pooled = x[torch.arange(x.shape[0], device=x.device), self._pool_index(tokens)]
         if isinstance(self.text_projection, nn.Linear):
