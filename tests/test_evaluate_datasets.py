@@ -22,7 +22,7 @@ from clipstack.evaluate.templates import load_templates
 
 
 def test_registry_is_a_table():
-    assert [lay.name for lay in LAYOUTS] == ["clip_benchmark_wds", "retrieval_table", "image_folder"]
+    assert [lay.name for lay in LAYOUTS] == ["clip_benchmark_wds", "retrieval_table", "image_folder", "shards"]
 
 
 def test_wds_classification_two_shards_and_splits(tmp_path):
@@ -170,3 +170,22 @@ def test_folder_of_sets_expands_with_task_hints(tmp_path):
     assert expand_dataset_paths([evals / "probe"]) == [(evals / "probe", "linear_probe")]
     other = write_wds_retrieval(tmp_path / "solo")
     assert expand_dataset_paths([other]) == [(other, None)]
+
+
+def test_training_shards_read_as_retrieval_set(tmp_path):
+    from _evaluate_util import png
+
+    from clipstack.data.shards import Sample, write_shard
+
+    samples = [Sample(f"{i:09d}", png((40 * i, 100, 100), seed=i), [f"a picture {i}", f"rewrite {i}"], ext="png")
+               for i in range(3)]
+    samples.append(Sample("000000009", png((0, 0, 0)), [""], ext="png"))  # no usable caption
+    write_shard(tmp_path / "heldout", 0, samples)
+    ds = load_dataset(tmp_path / "heldout")
+    assert (ds.layout, ds.kind) == ("shards", "retrieval")
+    split = ds.split("test")
+    items = list(split)
+    assert [i.captions for i in items] == [[f"a picture {i}", f"rewrite {i}"] for i in range(3)]
+    assert items[2].load_image().size == (32, 32)
+    assert dict(split.dropped) == {"no_captions": 1}
+    assert load_dataset(tmp_path / "heldout" / "00000.tar").name == "00000"

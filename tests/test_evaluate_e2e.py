@@ -88,6 +88,13 @@ def test_zpe_weighting_and_templates_option(tiny, sets):
     zpe = evaluate(model, tok, pre, sets["cls"], "zeroshot_classification", templates=templates,
                    prompt_weighting="zpe")
     assert 0 < zpe["metrics"]["zpe_max_template_weight"] <= 1
+    # the test set as an explicit reference is the default; another image set is a different reference
+    same = evaluate(model, tok, pre, sets["cls"], "zeroshot_classification", templates=templates,
+                    prompt_weighting="zpe", zpe_reference=str(sets["cls"]))
+    assert same["metrics"] == zpe["metrics"]
+    other = evaluate(model, tok, pre, sets["cls"], "zeroshot_classification", templates=templates,
+                     prompt_weighting="zpe", zpe_reference=sets["ret"])
+    assert other["metrics"]["zpe_max_template_weight"] != zpe["metrics"]["zpe_max_template_weight"]
     assert mean["metrics"]["modality_gap"] == pytest.approx(zpe["metrics"]["modality_gap"])
 
 

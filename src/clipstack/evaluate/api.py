@@ -43,7 +43,8 @@ class EvalOptions:
     templates: str | Sequence[str] | None = None  # None: the set's own, else CLIP's 80
     prompt_weighting: str = "mean"  # "mean" | "zpe"
     zpe_tau: float = 1.0
-    zpe_reference: torch.Tensor | None = None  # pretraining-distribution image embeddings, optional
+    # ZPE's reference images (pretraining distribution): embeddings, or any dataset path (e.g. pool shards)
+    zpe_reference: torch.Tensor | str | Path | None = None
     recall_k: Sequence[int] = (1, 5, 10)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     cache_dir: str | Path | None = None
@@ -140,7 +141,12 @@ def _run_zeroshot(model, tokenizer, preprocess, ds: EvalDataset, o: EvalOptions)
     emb = _embeddings(model, tokenizer, preprocess, ds, o.split, o)
     prompt_emb = _prompt_embeddings(model, tokenizer, ds, o)
     scale = _scale_metrics(model).get("logit_scale", 100.0)
-    classifier, weights = Z.build_classifier(prompt_emb, o.prompt_weighting, emb.image_emb, o.zpe_reference,
+    reference = o.zpe_reference
+    if o.prompt_weighting == "zpe" and isinstance(reference, str | Path):
+        ref_ds = load_dataset(reference)
+        ref_split = "test" if "test" in ref_ds.splits else next(iter(ref_ds.splits))
+        reference = _embeddings(model, tokenizer, preprocess, ref_ds, ref_split, o).image_emb
+    classifier, weights = Z.build_classifier(prompt_emb, o.prompt_weighting, emb.image_emb, reference,
                                              scale, o.zpe_tau)
     logits = Z.classify(emb.image_emb, classifier)
     metrics, confusion = Z.zeroshot_metrics(logits, emb.labels, len(classnames), ds.kind == "multilabel",

@@ -38,6 +38,9 @@ def register(sub) -> None:
                    help="template set name (openai_imagenet, simple, classname) or file; default: the set's own")
     p.add_argument("--prompt-weighting", default="mean", choices=("mean", "zpe"))
     p.add_argument("--zpe-tau", type=float, default=1.0, help="softmax temperature for ZPE template weights")
+    p.add_argument("--zpe-reference", default=None,
+                   help="images from the pretraining distribution for ZPE's bias correction (any dataset "
+                        "layout, e.g. pool shards); default: the test images themselves")
     p.add_argument("--recall-k", type=int, nargs="+", default=[1, 5, 10])
     p.add_argument("--fewshot-k", type=int, default=-1, help="linear probe: examples per class (-1: all)")
     p.add_argument("--fewshot-epochs", type=int, default=10)
@@ -97,6 +100,7 @@ def handle_eval(args: argparse.Namespace) -> int:
                               workers=args.workers,
                               device=device, precision=args.precision, templates=args.templates,
                               prompt_weighting=args.prompt_weighting, zpe_tau=args.zpe_tau,
+                              zpe_reference=args.zpe_reference,
                               recall_k=args.recall_k, fewshot_k=args.fewshot_k, epochs=args.fewshot_epochs,
                               lr=args.fewshot_lr, seed=args.seed, probe_batch_size=args.probe_batch_size,
                               val_proportion=args.val_proportion,

@@ -6,7 +6,8 @@ Layouts (tried in table order, or picked by name):
   `classnames.txt`, `zeroshot_classification_templates.txt`, `dataset_type.txt`. The embedded eval
   sets that `clipstack synth` writes use this layout.
 - `image_folder`: one subfolder per class (optionally under `train/`, `val/`, `test/`).
-- `retrieval_table`: a CSV or parquet file with an image path column and one or more captions.
+- `retrieval_table`: a CSV or parquet file with an image path column and one or more captions;
+- `shards`: training-format WebDataset shards (a held-out slice of a pool), read as a retrieval set.
 Items are streamed, so a large set is never held in memory; a sample that cannot be used is skipped and
 counted on the split (`split.dropped`), never a crash mid-run.
 """
@@ -279,7 +280,7 @@ CAPTION_COLUMNS = ("captions", "caption", "text", "title")
 def _table_file(root: Path) -> Path | None:
     if root.is_file() and root.suffix in (".csv", ".parquet"):
         return root
-    if root.is_dir() and not _is_wds(root):
+    if root.is_dir() and not _is_wds(root) and not any(root.glob("*.tar")):  # shard manifests are not tables
         tables = sorted(p for p in root.iterdir() if p.suffix in (".csv", ".parquet"))
         return tables[0] if len(tables) == 1 else None
     return None
@@ -332,6 +333,40 @@ def load_retrieval_table(root: Path) -> EvalDataset:
     return EvalDataset(name, root, "retrieval_table", "retrieval", {"test": es})
 
 
+# --- img2dataset / ingest shards as a retrieval set ---------------------------------------------------
+
+def _is_shards(root: Path) -> bool:
+    if root.is_file():
+        return root.suffix == ".tar"
+    return root.is_dir() and not _is_wds(root) and any(root.glob("*.tar"))
+
+
+def load_shards(root: Path) -> EvalDataset:
+    """Training-format shards (`{key}.jpg` + `{key}.txt`/`.json`), e.g. a held-out slice of the pool:
+    each sample's captions (the alt-text plus any rewrites) are its positives."""
+    from clipstack.data.shards import read_samples
+
+    tars = [root] if root.is_file() else sorted(root.glob("*.tar"))
+    es = EvalSplit("test", lambda: iter(()))
+
+    def items() -> Iterator[EvalItem]:
+        es.dropped.clear()
+
+        def on_error(err: DataError) -> None:
+            es.dropped[getattr(err, "reason", "unreadable_sample")] += 1
+
+        for sample in read_samples([str(t) for t in tars], on_error=on_error):
+            caps = [c for c in sample.captions if c and c.strip()]
+            if not caps:
+                es.dropped["no_captions"] += 1
+                continue
+            yield EvalItem(sample.key, lambda data=sample.image: pil_from_bytes(data), captions=caps)
+
+    es.iter_items = items
+    name = root.stem if root.is_file() else root.name
+    return EvalDataset(name, root, "shards", "retrieval", {"test": es})
+
+
 # --- the registry -----------------------------------------------------------------------------------
 
 LAYOUTS: tuple[Layout, ...] = (
@@ -341,6 +376,8 @@ LAYOUTS: tuple[Layout, ...] = (
            "a .csv/.parquet file (or a folder with exactly one) with image and caption columns"),
     Layout("image_folder", _is_image_folder, load_image_folder,
            "one subfolder of images per class, optionally under train/ val/ test/"),
+    Layout("shards", _is_shards, load_shards,
+           "training-format shards ({key}.jpg + {key}.txt), read as a retrieval set"),
 )
 
 
