@@ -7,7 +7,7 @@ import argparse
 
 def register(sub) -> None:
     p = sub.add_parser(
-        "ingest", help="turn an image folder, a table of paths/URLs or WebDataset shards into clean shards",
+        "ingest", help="images + captions (folder, table of paths/URLs, shards) -> clean WebDataset shards",
         description="Read SRC (a folder of images with sidecar .txt files or a captions.csv; a CSV/TSV/"
                     "parquet/JSONL table with image path-or-URL and caption columns; or .tar shards), "
                     "check, fetch, resize and re-encode every row, and write WebDataset shards in "

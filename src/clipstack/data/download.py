@@ -7,7 +7,6 @@ worker processes). Every failure maps to a ledger reason: `missing_file`, `http_
 
 from __future__ import annotations
 
-import os
 import time
 import urllib.error
 import urllib.request
@@ -110,7 +109,3 @@ def map_bounded(fn: Callable[[T], object], items: Iterable[T], threads: int,
                 yield window.popleft().result()
         while window:
             yield window.popleft().result()
-
-
-def default_threads() -> int:
-    return min(32, 4 * (os.cpu_count() or 1))
