@@ -125,6 +125,30 @@ class BodyLimitMiddleware:
         await self.app(scope, limited, send)
 
 
+class ObserveMiddleware:
+    """Count requests and time them per route template (plain ASGI: no per-request task or stream)."""
+
+    def __init__(self, app, metrics: Metrics):
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        start, status = time.perf_counter(), 500
+
+        async def send_status(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            route = getattr(scope.get("route"), "path", "unmatched")
+            self.metrics.observe_request(route, status, time.perf_counter() - start)
+
+
 def _error(status: int, message: str, field_name: str | None = None) -> JSONResponse:
     return JSONResponse({"error": message, "field": field_name}, status_code=status)
 
@@ -151,14 +175,7 @@ def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
                   description="clip-retrieval-compatible k-NN search over clipstack indices.")
     app.add_middleware(BodyLimitMiddleware, max_bytes=config.max_body_bytes)
 
-    @app.middleware("http")
-    async def observe(request: Request, call_next):
-        start = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        metrics.observe_request(getattr(route, "path", "unmatched"), response.status_code,
-                                time.perf_counter() - start)
-        return response
+    app.add_middleware(ObserveMiddleware, metrics=metrics)
 
     @app.exception_handler(RequestValidationError)
     async def on_validation(request: Request, exn: RequestValidationError):
