@@ -106,6 +106,18 @@ def test_config_errors(pool, tmp_path):
         curate(folder, tmp_path, CurateConfig(steps=["clip"], clip_fraction=0.5))
 
 
+def test_datacomp_subset_files_load(tmp_path):
+    uids = [uid_for(str(i)) for i in range(50)]
+    pairs = sorted((int(u[:16], 16), int(u[16:], 16)) for u in uids)
+    np.save(tmp_path / "datacomp.npy", np.array(pairs, dtype=np.dtype("u8,u8")))  # DataComp's own dtype
+    subset = load_subset(tmp_path / "datacomp.npy")
+    assert len(subset) == 50 and is_sorted(subset, strict=True)
+    assert in_subset(uids[:3] + [uid_for("x")], subset).tolist() == [True, True, True, False]
+    np.save(tmp_path / "unsorted.npy", np.array(pairs[::-1], dtype=np.dtype("u8,u8")))
+    with pytest.raises(DataError, match="not sorted"):
+        load_subset(tmp_path / "unsorted.npy")
+
+
 def test_text_patterns():
     for junk in ["IMG_1234", "DSC_0042.jpg", "my holiday.JPEG", "https://x.org/a.png", "untitled", "1234 5678",
                  "", "   "]:

@@ -61,8 +61,9 @@ def load_subset(path: str | os.PathLike) -> np.ndarray:
         raise DataError(f"{path}: not a subset .npy file ({exn})") from None
     if arr.dtype.names is None or len(arr.dtype.names) != 2:
         raise DataError(f"{path}: subset must be a structured array of two uint64 fields, got {arr.dtype}")
-    arr = arr.astype(UID_DTYPE, copy=False) if arr.dtype.names == UID_DTYPE.names else \
-        np.array([tuple(x) for x in arr.tolist()], dtype=UID_DTYPE)
+    out = np.empty(len(arr), dtype=UID_DTYPE)  # DataComp names its fields f0, f1
+    out["u0"], out["u1"] = arr[arr.dtype.names[0]], arr[arr.dtype.names[1]]
+    arr = out
     if not is_sorted(arr):
         raise DataError(f"{path}: subset uids are not sorted")
     return arr
