@@ -189,3 +189,9 @@ def test_training_shards_read_as_retrieval_set(tmp_path):
     assert items[2].load_image().size == (32, 32)
     assert dict(split.dropped) == {"no_captions": 1}
     assert load_dataset(tmp_path / "heldout" / "00000.tar").name == "00000"
+
+
+def test_cli_layout_choices_match_the_registry():
+    from clipstack.evaluate.cli import LAYOUT_CHOICES
+
+    assert LAYOUT_CHOICES == tuple(lay.name for lay in LAYOUTS)

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 TASK_CHOICES = ("auto", "zeroshot_classification", "zeroshot_retrieval", "linear_probe")
+LAYOUT_CHOICES = ("clip_benchmark_wds", "retrieval_table", "image_folder", "shards")  # datasets.LAYOUTS
 
 
 def default_cache_dir() -> str:
@@ -22,12 +23,13 @@ def register(sub) -> None:
     p.add_argument("--pretrained", default=None, help="weights (file, folder or hf-hub:) to load into --model")
     p.add_argument("--dataset", required=True, nargs="+",
                    help="evaluation set path(s), or a folder of sets (e.g. the eval/ folder clipstack synth writes)")
-    p.add_argument("--task", nargs="+", default=["auto"], choices=TASK_CHOICES,
-                   help="task(s); auto: the set's index.json suggestion, else retrieval sets -> zeroshot_retrieval, "
-                        "others -> zeroshot_classification")
+    p.add_argument("--task", nargs="+", default=["auto"], choices=TASK_CHOICES, metavar="TASK",
+                   help=f"task(s): {', '.join(TASK_CHOICES)}; auto: the set's index.json suggestion, else "
+                        "retrieval sets -> zeroshot_retrieval, others -> zeroshot_classification")
     p.add_argument("--output", default="{dataset}_{model}_{task}.json",
                    help="output path template; fields {dataset} {model} {pretrained} {task} {language}")
-    p.add_argument("--layout", default=None, help="dataset layout (default: detected)")
+    p.add_argument("--layout", default=None, choices=LAYOUT_CHOICES,
+                   help="dataset layout (default: detected)")
     p.add_argument("--split", default="test")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
