@@ -8,6 +8,8 @@ from collections import Counter
 import pyarrow.parquet as pq
 import pytest
 from _data_util import ImageServer, jpeg, png, png_bomb
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from clipstack.cli import main
 from clipstack.data.ingest import IngestConfig, ingest
@@ -165,3 +167,20 @@ def test_captions_csv_with_non_utf8_bytes_does_not_break_the_file(tmp_path):
     with open(folder / "captions.csv", newline="") as fh:  # sanity: the file really is not UTF-8
         with pytest.raises(UnicodeDecodeError):
             list(csv.reader(fh))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(kind=st.sampled_from(["jpg", "png"]), cut=st.floats(0.0, 1.0),
+       flips=st.lists(st.tuples(st.floats(0.0, 1.0), st.integers(0, 255)), max_size=6))
+def test_mutated_images_open_or_fail_with_a_reason(kind, cut, flips):
+    """Any truncation / byte flips of a real image: a loaded image, or a SampleError with a ledger reason."""
+    data = bytearray(jpeg((48, 40)) if kind == "jpg" else png((48, 40)))
+    for where, value in flips:
+        data[int(where * (len(data) - 1))] = value
+    data = bytes(data[: max(0, int(cut * len(data)))]) if cut < 0.98 else bytes(data)
+    try:
+        img = open_image(data, max_pixels=10_000_000)
+    except SampleError as err:
+        assert err.reason in ("undecodable_image", "decompression_bomb") and err.detail
+    else:
+        assert img.size[0] * img.size[1] <= 10_000_000
