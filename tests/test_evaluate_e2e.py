@@ -121,6 +121,22 @@ def test_second_task_reads_cached_embeddings(tmp_path, sets):
     assert sum(calls) == n_first and second["metrics"] == first["metrics"]
     evaluate(model, get_tokenizer("clip-tiny"), pre, sets["cls"], "linear_probe", epochs=2, **kw)
     assert sum(calls) == n_first + 15  # only the train split is new
+    # a rewritten shard (new mtime) is a different dataset: encoded again, not read stale
+    tar = sets["cls"] / "test" / "0.tar"
+    tar.write_bytes(tar.read_bytes())
+    import os
+
+    os.utime(tar, ns=(tar.stat().st_atime_ns, tar.stat().st_mtime_ns + 10**9))
+    evaluate(model, get_tokenizer("clip-tiny"), pre, sets["cls"], "zeroshot_classification", **kw)
+    assert sum(calls) == n_first + 30
+
+
+def test_siglip_model_reports_logit_bias(sets):
+    from clipstack.models import create_model_from_pretrained, get_tokenizer
+
+    model, pre = create_model_from_pretrained("siglip-tiny")
+    m = evaluate(model, get_tokenizer("siglip-tiny"), pre, sets["ret"], "zeroshot_retrieval")["metrics"]
+    assert m["logit_bias"] == pytest.approx(-10.0) and m["logit_scale"] == pytest.approx(10.0, rel=1e-5)
 
 
 def test_bad_input_gives_one_clear_error(tmp_path, sets, capsys, tiny):
