@@ -119,8 +119,8 @@ def test_fast_torch_resize_without_draft_is_within_a_level(img_wh):
     img = _photo(*img_wh, seed=8).filter(ImageFilter.GaussianBlur(1.0))
     buf = io.BytesIO()
     img.save(buf, "PNG")
-    for size, kw in ((64, {}), (48, {"resize_mode": "squash"})):
-        ref = open_clip.image_transform(size, is_train=False, **kw)(img)
+    for size, kw in ((64, {}), (48, {"resize_mode": "squash"}), ((40, 72), {"resize_mode": "longest"})):
+        ref = open_clip.image_transform(size, is_train=False, fill_color=0, **kw)(img)
         assert _pixel_diff(image_transform(size, is_train=False, **kw)(buf.getvalue()), ref) <= ONE_LEVEL
 
 
