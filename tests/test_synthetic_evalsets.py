@@ -65,3 +65,21 @@ def test_eval_seed_stream_is_separate_and_deterministic(evalsets, tmp_path):
     a = (out / "shapes/test/0.tar").read_bytes()
     assert (tmp_path / "same/shapes/test/0.tar").read_bytes() == a
     assert (tmp_path / "other/shapes/test/0.tar").read_bytes() != a
+
+
+def test_readable_by_clipstack_evaluate_loader(evalsets):
+    datasets = pytest.importorskip("clipstack.evaluate.datasets")
+    out, index = evalsets
+    for name, info in index.items():
+        ds = datasets.load_dataset(out / name)
+        assert ds.layout == "clip_benchmark_wds"
+        assert ds.kind == ("retrieval" if info["task"] == "zeroshot_retrieval" else "classification")
+        for split, size in info["splits"].items():
+            items = list(ds.split(split))
+            assert len(items) == size and not ds.split(split).dropped
+            if ds.kind == "retrieval":
+                assert all(len(it.captions) == 3 for it in items)
+            else:
+                assert len(ds.classnames) == info["classes"] and ds.templates
+                assert {it.label for it in items} == set(range(info["classes"]))
+        assert items[0].load_image().size == (64, 64)

@@ -45,7 +45,7 @@ PATTERN_WORDS = {
 
 SIZES = ["small", "medium", "large"]
 # Object extent as a fraction of its cell's shorter side.
-SIZE_RANGES = {"small": (0.36, 0.46), "medium": (0.52, 0.64), "large": (0.72, 0.9)}
+SIZE_RANGES = {"small": (0.42, 0.52), "medium": (0.56, 0.68), "large": (0.74, 0.92)}
 SIZE_WORDS = {"small": ["small", "small", "little", "tiny"], "medium": ["medium-sized", "mid-sized", ""],
               "large": ["large", "big", "huge"]}
 

@@ -23,6 +23,7 @@ from clipstack.data.synthetic.scenes import Scene, render, sample_scene, sample_
 from clipstack.errors import ConfigError
 
 POOL_STREAM, DEFECT_STREAM = 1, 2
+N_OBJECTS_P = [0.6, 0.28, 0.12]  # one, two or three objects
 DUPLICATE_WINDOW = 5000  # a duplicate copies one of the previous 5000 samples
 DOMAINS = ["img.example.com", "cdn.shapes.test", "static.pics.example", "media.clipart.test",
            "images.stock.example"]
@@ -100,7 +101,7 @@ class PoolGenerator:
         rng = self._rng(POOL_STREAM, index)
         rng.random()  # the defect draw (see defect_of)
         w, h = sample_size(rng)
-        n = int(rng.choice([1, 2, 3], p=[0.55, 0.3, 0.15]))
+        n = int(rng.choice([1, 2, 3], p=N_OBJECTS_P))
         scene = sample_scene(rng, w, h, n, self.shape_p, self.color_p)
         ext = "png" if rng.random() < self.cfg.png_fraction else "jpg"
         image = D.encode(render(scene), ext, int(rng.integers(72, 96)))
@@ -171,7 +172,7 @@ class PoolGenerator:
         shapes = {o.shape for o in scene.objects}
         other = scene
         for _ in range(50):
-            n = int(rng.choice([1, 2, 3], p=[0.55, 0.3, 0.15]))
+            n = int(rng.choice([1, 2, 3], p=N_OBJECTS_P))
             other = sample_scene(rng, scene.width, scene.height, n, self.shape_p, self.color_p)
             if not shapes & {o.shape for o in other.objects} and \
                     other.objects[0].color != scene.objects[0].color:

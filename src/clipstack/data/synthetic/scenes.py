@@ -93,7 +93,7 @@ def sample_scene(rng: np.random.Generator, width: int, height: int, n_objects: i
     for i in range(n_objects):
         shape = SHAPES[rng.choice(len(SHAPES), p=shape_p)]
         color = COLOR_NAMES[rng.choice(len(COLOR_NAMES), p=color_p)]
-        pattern = PATTERNS[rng.choice(len(PATTERNS), p=[0.55, 0.15, 0.15, 0.15])]
+        pattern = PATTERNS[rng.choice(len(PATTERNS), p=[0.7, 0.1, 0.1, 0.1])]
         size = (sizes or SIZES)[rng.integers(len(sizes or SIZES))]
         obj = Obj(shape, color, pattern, size, rotation=float(rng.uniform(-12, 12)))
         if i == 0:
@@ -245,10 +245,10 @@ def _fill(obj: Obj, ext: int, rng: np.random.Generator) -> Image.Image:
     lum = 0.299 * color[0] + 0.587 * color[1] + 0.114 * color[2]
     second = (250, 250, 250) if lum < 150 else (35, 35, 35)
     period = max(4, ext // 5)
-    yy, xx = np.mgrid[0:ext, 0:ext]
+    yy, xx = np.ogrid[0:ext, 0:ext]  # broadcast grids: no ext x ext index arrays
     if obj.pattern == "striped":
         coord = (xx + yy) if rng.random() < 0.5 else (yy if rng.random() < 0.5 else xx)
-        on = (coord // max(2, period // 2)) % 2 == 1
+        on = np.broadcast_to((coord // max(2, period // 2)) % 2 == 1, (ext, ext))
     elif obj.pattern == "checkered":
         on = ((xx // period) + (yy // period)) % 2 == 1
     else:  # dotted
