@@ -1,6 +1,6 @@
 """Encoding throughput, clipstack vs open_clip: same config, same weights, same batch, side by side.
 
-    .venv/bin/python benchmarks/encode.py                      # ViT-B-32, batch 8, fp32 + bf16 autocast
+    .venv/bin/python benchmarks/encode.py                      # ViT-B-32, batch 4, fp32 + bf16 autocast
     .venv/bin/python benchmarks/encode.py --model ViT-B-16 --batch 32 --iters 10 --precision fp32
 
 Both models get identical weights (open_clip's random init, loaded into clipstack), the captions are
@@ -98,7 +98,7 @@ def run(name: str, batch: int, iters: int, warmup: int, precisions: list[str]) -
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="ViT-B-32")
-    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--iters", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--precision", default="fp32,bf16", help="comma list of fp32, bf16 (CPU autocast)")
