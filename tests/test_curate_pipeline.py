@@ -1,5 +1,6 @@
 """Curation on real shards: each filter and dedup step, the ledger invariant, subsets, CLI end to end."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -88,6 +89,11 @@ def test_balance_step_in_pipeline(pool, tmp_path):
     curate(folder, tmp_path / "b", cfg)
     assert (tmp_path / "a/subset.npy").read_bytes() == (tmp_path / "b/subset.npy").read_bytes()
     assert not (tmp_path / "a/.work").exists()  # the spilled matches are cleaned up
+    c = curate(folder, tmp_path / "c", dataclasses.replace(cfg, workers=2, steps=["text", "phash", "balance"]))
+    d = curate(folder, tmp_path / "d", dataclasses.replace(cfg, workers=1, steps=["text", "phash", "balance"]))
+    for name in ("subset.npy", "ledger.parquet", "shards/00000.tar", "shards/00001.tar"):
+        assert (tmp_path / "c" / name).read_bytes() == (tmp_path / "d" / name).read_bytes(), name
+    assert c.features.phash == d.features.phash and c.features.keys == d.features.keys
     reasons = a.stats["dropped_by_step"]["balance"]
     assert reasons["no_match"] > 0 and reasons["balanced_out"] > 0
     after = a.decisions["balance"].info["counts_after"]

@@ -36,6 +36,8 @@ def register(sub) -> None:
     g.add_argument("--clip-fraction", type=float, help="clip: keep this top fraction by score")
     p.add_argument("--batch-size", type=int, default=256, help="samples per matching/scoring batch")
     p.add_argument("--device", default="cpu", help="torch device for clip/embed")
+    p.add_argument("--workers", type=int, default=1,
+                   help="processes reading shards in pass 1 (not with clip/embed); same result")
     p.add_argument("--report", action="store_true", help="write report/ with PNG plots and summary.md")
     p.add_argument("--ground-truth", help="ground_truth.parquet to score steps against "
                                           "(default: next to the pool folder, when present)")
@@ -68,7 +70,8 @@ def _curate(args: argparse.Namespace) -> int:
         phash_size=args.phash_size,
         embed_threshold=args.embed_threshold, clip_model=args.clip_model,
         clip_pretrained=args.clip_pretrained, clip_threshold=args.clip_threshold,
-        clip_fraction=args.clip_fraction, batch_size=args.batch_size, device=args.device)
+        clip_fraction=args.clip_fraction, batch_size=args.batch_size, device=args.device,
+        workers=args.workers)
     result = curate(args.in_shards, args.out_dir, cfg)
     stats = result.stats
     print(f"in {stats['in']}  kept {stats['kept']}  dropped {stats['dropped']}")

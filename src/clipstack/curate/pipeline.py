@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +45,7 @@ class CurateConfig:
     batch_size: int = 256
     device: str = "cpu"
     decode_side: int = 128  # images are decoded with no side below this (JPEG draft); 0 = full size
+    workers: int = 1
 
     def validate(self) -> None:
         for step in self.steps:
@@ -80,11 +81,13 @@ class CurateResult:
     step_cfg: StepConfig | None = None
 
 
-def _records(urls: list[str]) -> Iterator[tuple[int, dict | DataError]]:
+def _records(urls: list[str], shard_ids: Iterable[int] | None = None,
+             ) -> Iterator[tuple[int, dict | DataError]]:
     """(shard ordinal, raw sample or the error that ended the shard), identical on every pass."""
     from clipstack.data.shards import iter_shard
 
-    for shard_idx, url in enumerate(urls):
+    for shard_idx in range(len(urls)) if shard_ids is None else shard_ids:
+        url = urls[shard_idx]
         errors: list[DataError] = []
         for raw in iter_shard(url, on_error=errors.append):
             yield shard_idx, raw
@@ -150,19 +153,61 @@ def _expected_count(urls: list[str]) -> int | None:
 
 def extract_features(urls: list[str], cfg: CurateConfig, matcher=None, scorer=None,
                      spill_dir: str | os.PathLike | None = None) -> Features:
-    """Pass 1: features for every sample (and one record per shard-ending read error)."""
+    """Pass 1: features for every sample (and one record per shard-ending read error).
+
+    With `cfg.workers > 1` (and no CLIP model, which runs in this process), shards are read by forked
+    worker processes that inherit the matcher, and their features are merged in shard order, so the
+    result is identical to a single-process run."""
     from clipstack.progress import progress
 
     feats = Features(matches=MatchStore(spill_dir))
+    bar = progress(total=_expected_count(urls), desc="curate: read", unit="sample")
+    workers = min(cfg.workers, len(urls))
+    if workers > 1 and scorer is None:
+        import multiprocessing as mp
+
+        global _FORK_STATE
+        _FORK_STATE = (urls, cfg, matcher)
+        try:
+            with mp.get_context("fork").Pool(workers) as pool:
+                for part in pool.imap(_shard_features, range(len(urls))):
+                    _merge(feats, part)
+                    bar.update(len(part))
+        finally:
+            _FORK_STATE = None
+    else:
+        _extract(urls, range(len(urls)), cfg, matcher, scorer, feats, bar)
+    bar.close()
+    return feats
+
+
+_FORK_STATE: tuple | None = None  # (urls, cfg, matcher), inherited by forked workers
+
+
+def _shard_features(shard_idx: int) -> Features:
+    urls, cfg, matcher = _FORK_STATE
+    return _extract(urls, [shard_idx], cfg, matcher, None, Features(), None)
+
+
+_LIST_FIELDS = [f.name for f in dataclasses.fields(Features) if f.name not in ("matches", "embeddings")]
+
+
+def _merge(into: Features, part: Features) -> None:
+    for name in _LIST_FIELDS:
+        getattr(into, name).extend(getattr(part, name))
+    into.embeddings.extend(part.embeddings)
+    for _, off, ids in part.matches:
+        into.matches.add(off, ids)
+
+
+def _extract(urls, shard_ids, cfg: CurateConfig, matcher, scorer, feats: Features, bar) -> Features:
     want_image = scorer is not None
-    batch_pos: list[int] = []
     batch_text: list[str] = []
     batch_img: list = []
 
     def flush():
         if matcher is not None:
-            off, ids = matcher.match(batch_text)
-            feats.matches.add(off, ids)
+            feats.matches.add(*matcher.match(batch_text))
         if scorer is not None:
             scores = np.full(len(batch_text), np.nan, dtype=np.float32)
             emb = np.zeros((len(batch_text), int(scorer.model.embed_dim)), dtype=np.float32)
@@ -173,12 +218,10 @@ def extract_features(urls: list[str], cfg: CurateConfig, matcher=None, scorer=No
                 emb[ok] = img_e
             feats.clip_score.extend(scores.tolist())
             feats.embeddings.append(emb)
-        batch_pos.clear()
         batch_text.clear()
         batch_img.clear()
 
-    bar = progress(total=_expected_count(urls), desc="curate: read", unit="sample")
-    for shard_idx, rec in _records(urls):
+    for shard_idx, rec in _records(urls, shard_ids):
         feats.shard.append(shard_idx)
         if isinstance(rec, DataError):
             for name, value in (("keys", f"{Path(urls[shard_idx]).name}:unreadable"), ("uids", "0" * 32),
@@ -189,15 +232,14 @@ def extract_features(urls: list[str], cfg: CurateConfig, matcher=None, scorer=No
             text, image = "", None
         else:
             text, image = _read_one(rec, feats, cfg, want_image)
-        batch_pos.append(len(feats) - 1)
         batch_text.append(text)
         batch_img.append(image)
-        bar.update(1)
-        if len(batch_pos) >= cfg.batch_size:
+        if bar is not None:
+            bar.update(1)
+        if len(batch_text) >= cfg.batch_size:
             flush()
-    if batch_pos:
+    if batch_text:
         flush()
-    bar.close()
     return feats
 
 
