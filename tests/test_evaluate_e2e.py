@@ -218,7 +218,7 @@ def test_corrupt_image_is_skipped_and_counted(tmp_path, tiny):
 
     from clipstack.evaluate.embed_cache import encode_split
 
-    model, _, pre = tiny
+    model, tok, pre = tiny
     root = tmp_path / "withbad"
     samples = [{"png": png((200, 0, 0), seed=i), "cls": b"0"} for i in range(3)]
     samples.insert(1, {"png": b"\x89PNG not really", "cls": b"0"})
@@ -229,6 +229,8 @@ def test_corrupt_image_is_skipped_and_counted(tmp_path, tiny):
         emb = encode_split(model, pre, split, batch_size=2, workers=workers)
         assert emb.image_emb.shape[0] == 3 and emb.dropped == {"undecodable_image": 1}
         assert emb.keys == ["s0000000", "s0000002", "s0000003"]
+    result = evaluate(model, tok, pre, root, "zeroshot_classification")
+    assert result["metrics"]["dropped_samples"] == 1 and result["metrics"]["acc1"] == 1.0  # one class
 
 
 def test_eval_table_orders_columns_and_rejects_non_results(tmp_path, capsys):

@@ -52,6 +52,7 @@ class EvalOptions:
     layout: str | None = None
     plots: str | Path | None = None  # path prefix for PNGs; None: no pictures
     dataset_name: str | None = None
+    dropped: dict = field(default_factory=dict)  # filled during the run: "split/reason" -> count
 
 
 def evaluate(model: torch.nn.Module, tokenizer: Callable, preprocess: Callable, dataset: str | Path | EvalDataset,
@@ -75,6 +76,8 @@ def evaluate(model: torch.nn.Module, tokenizer: Callable, preprocess: Callable, 
     finally:
         model.train(was_training)
     metrics.update(_scale_metrics(model))
+    if o.dropped:  # samples skipped as unusable (undecodable image, missing label...), so a row says so
+        metrics["dropped_samples"] = sum(o.dropped.values())
     result = {
         "dataset": o.dataset_name or ds.name,
         "model": o.model_name or getattr(model, "name", None) or type(model).__name__,
@@ -101,12 +104,15 @@ def _scale_metrics(model: torch.nn.Module) -> dict[str, float]:
     return out
 
 
-def _embeddings(model, tokenizer, preprocess, ds: EvalDataset, split: str, o: EvalOptions) -> SplitEmbeddings:
+def _embeddings(model, tokenizer, preprocess, ds: EvalDataset, split: str, o: EvalOptions,
+                count_drops: bool = True) -> SplitEmbeddings:
     emb = split_embeddings(model, preprocess, tokenizer, ds, split, cache=EmbedCache(o.cache_dir),
                            model_id=o.model_id, batch_size=o.batch_size, device=o.device, precision=o.precision,
                            workers=o.workers)
     if emb.dropped:
         log.warning("%s/%s: skipped %d samples (%s)", ds.name, split, sum(emb.dropped.values()), emb.dropped)
+        if count_drops:
+            o.dropped.update({f"{ds.name}/{split}/{reason}": n for reason, n in emb.dropped.items()})
     return emb
 
 
@@ -145,7 +151,7 @@ def _run_zeroshot(model, tokenizer, preprocess, ds: EvalDataset, o: EvalOptions)
     if o.prompt_weighting == "zpe" and isinstance(reference, str | Path):
         ref_ds = load_dataset(reference)
         ref_split = "test" if "test" in ref_ds.splits else next(iter(ref_ds.splits))
-        reference = _embeddings(model, tokenizer, preprocess, ref_ds, ref_split, o).image_emb
+        reference = _embeddings(model, tokenizer, preprocess, ref_ds, ref_split, o, count_drops=False).image_emb
     classifier, weights = Z.build_classifier(prompt_emb, o.prompt_weighting, emb.image_emb, reference,
                                              scale, o.zpe_tau)
     logits = Z.classify(emb.image_emb, classifier)
