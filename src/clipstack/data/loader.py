@@ -159,7 +159,11 @@ class TrainLoader:
     [B, k, ctx] with k captions per image), `keys`, and `stats` (counts since the previous batch).
     """
 
-    def __init__(self, spec: LoaderSpec, epoch: int, start_step: int = 0) -> None:
+    def __init__(self, spec: LoaderSpec, epoch: int, start_step: int = 0,
+                 positions: dict[int, int] | None = None) -> None:
+        """`positions` (reader -> raw samples taken, from the batches' `stats["position"]`) lets a
+        resumed epoch skip ahead without decoding images; without it the skip decodes to find the bad."""
+        self.positions = dict(positions or {})
         self.spec = spec
         self.epoch = epoch
         self.steps = spec.steps or steps_per_epoch(spec.sources, spec.batch_size * spec.world_size)
@@ -181,7 +185,7 @@ class TrainLoader:
         if len(self) == 0:
             return iter(())
         workers = self.spec.workers
-        dataset = _EpochDataset(self.spec, self.epoch, self.start_step, self.steps)
+        dataset = _EpochDataset(self.spec, self.epoch, self.start_step, self.steps, self.positions)
         if workers == 0:
             return iter(dataset)
         # A private generator: the DataLoader's base-seed draw must not move the global torch RNG, or a
@@ -198,8 +202,10 @@ def _iterable_base():
 
 
 class _EpochDataset(_iterable_base()):  # type: ignore[misc]
-    def __init__(self, spec: LoaderSpec, epoch: int, start_step: int, steps: int) -> None:
+    def __init__(self, spec: LoaderSpec, epoch: int, start_step: int, steps: int,
+                 positions: dict[int, int]) -> None:
         self.spec, self.epoch, self.start_step, self.steps = spec, epoch, start_step, steps
+        self.positions = positions
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         from torch.utils.data import get_worker_info
@@ -216,7 +222,10 @@ class _EpochDataset(_iterable_base()):  # type: ignore[misc]
         todo = len(mine) - skip
         reader = spec.rank * num_workers + logical
         stream = _ReaderStream(spec, self.epoch, reader, spec.world_size * num_workers)
-        stream.skip(skip * spec.batch_size)
+        if skip and reader in self.positions:
+            stream.skip_raw(int(self.positions[reader]))
+        else:
+            stream.skip(skip * spec.batch_size)
         for _ in range(todo):
             yield stream.batch()
 
@@ -227,6 +236,7 @@ class _ReaderStream:
     def __init__(self, spec: LoaderSpec, epoch: int, reader: int, readers: int) -> None:
         self.spec, self.epoch, self.reader, self.readers = spec, epoch, reader, readers
         self.stats = _Stats()
+        self.raw_taken = 0  # samples pulled from the mixed, shuffled stream (the resumable position)
         self._sources = [self._source_stream(i, src) for i, src in enumerate(spec.sources)]
         self._mix_rng = random.Random(derive_seed(spec.seed, "mix", epoch, reader))
         self._weights = [s.weight for s in spec.sources]
@@ -301,6 +311,7 @@ class _ReaderStream:
         """The next sample whose image decodes and that has a caption (bad ones counted)."""
         while True:
             src_idx, url, passes, sample = self._next_sample()
+            self.raw_taken += 1
             if not any(c.strip() for c in sample.captions):
                 self.stats.counts["no_caption"] += 1
                 continue
@@ -315,6 +326,13 @@ class _ReaderStream:
         """Replay `n` good samples without transforming them (their counts were logged before)."""
         for _ in range(n):
             self._next_good()
+        self.stats.pop()
+
+    def skip_raw(self, n: int) -> None:
+        """Replay exactly `n` raw samples (a saved position): tar reading only, no image decoding."""
+        for _ in range(n):
+            self._next_sample()
+        self.raw_taken = n
         self.stats.pop()
 
     def batch(self) -> dict[str, Any]:
@@ -343,7 +361,9 @@ class _ReaderStream:
         tokens = spec.tokenizer(captions)
         if k > 1:
             tokens = tokens.view(spec.batch_size, k, -1)
-        return {"images": torch.stack(images), "texts": tokens, "keys": keys, "stats": self.stats.pop()}
+        stats = self.stats.pop()
+        stats["position"] = {self.reader: self.raw_taken}
+        return {"images": torch.stack(images), "texts": tokens, "keys": keys, "stats": stats}
 
 
 def _pop_random(buffer: list, rng: random.Random) -> Any:

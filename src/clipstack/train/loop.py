@@ -195,6 +195,7 @@ class _Run:
         self.optimizer, self.scheduler, self.scaler, self.spec = optimizer, scheduler, scaler, spec
         self.step = self.epoch = self.step_in_epoch = 0
         self.data_stats: dict[str, Any] = {}
+        self.data_position: dict[int, int] = {}  # reader -> raw samples taken, this epoch
         if resume_from is not None:
             state = load_checkpoint(resume_from, model=model, optimizer=optimizer, scheduler=scheduler,
                                     scaler=scaler, rank=info.rank)
@@ -202,6 +203,8 @@ class _Run:
             self.step_in_epoch = int(state["step_in_epoch"])
             per_rank = state.get("data_stats_per_rank") or []
             self.data_stats = per_rank[info.rank] if info.rank < len(per_rank) else {}
+            positions = state.get("data_position_per_rank") or []
+            self.data_position = dict(positions[info.rank]) if info.rank < len(positions) else {}
             if state.get("world_size", info.world_size) != info.world_size:
                 raise ClipstackError(f"checkpoint.resume: {resume_from} was written by "
                                      f"{state.get('world_size')} ranks, this run has {info.world_size}")
@@ -235,7 +238,10 @@ class _Run:
         self.last_ckpt: Path | None = None
         stopped = "done"
         while self.step < self.total_steps:
-            loader = TrainLoader(self.spec, self.epoch, start_step=self.step_in_epoch)
+            if self.step_in_epoch == 0:
+                self.data_position = {}
+            loader = TrainLoader(self.spec, self.epoch, start_step=self.step_in_epoch,
+                                 positions=self.data_position)
             batches = iter(loader)
             window_wait = window_time = 0.0
             window_samples = 0
@@ -247,6 +253,7 @@ class _Run:
                     break
                 t_data = time.perf_counter()
                 merge_stats(self.data_stats, batch["stats"])
+                self.data_position.update(batch["stats"].get("position", {}))
                 images = batch["images"].to(info.device, non_blocking=True)
                 texts = batch["texts"].to(info.device, non_blocking=True)
                 try:
@@ -302,12 +309,15 @@ class _Run:
         from clipstack.train.checkpoint import save_checkpoint
 
         info = self.info
-        per_rank = [self.data_stats]
+        gathered = [(self.data_stats, self.data_position)]
         if info.distributed:
             import torch.distributed as dist
 
-            per_rank = [None] * info.world_size
-            dist.all_gather_object(per_rank, self.data_stats)
+            gathered = [None] * info.world_size
+            dist.all_gather_object(gathered, (self.data_stats, self.data_position))
+        per_rank = [g[0] for g in gathered]
+        # An epoch boundary restarts the streams: a position only means something mid-epoch.
+        positions = [g[1] if self.step_in_epoch else {} for g in gathered]
         self.data_totals = _sum_stats(per_rank)
         self.last_ckpt = save_checkpoint(
             self.run_dir, self.step, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
@@ -315,6 +325,7 @@ class _Run:
             rank=info.rank,
             extra={"epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "world_size": info.world_size,
                    "data_stats_per_rank": per_rank, "data_stats": self.data_totals,
+                   "data_position_per_rank": positions,
                    "data_topology": {"workers": self.spec.workers, "seed": self.spec.seed,
                                      "steps_per_epoch": self.spec.steps}})
 
