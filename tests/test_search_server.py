@@ -174,3 +174,38 @@ def test_jpeg_query_via_web_style_data_url(server):
     data = "data:image/jpeg;base64," + base64.b64encode(jpeg_bytes("red")).decode()
     res = requests.post(f"{server}/knn-service", json={"image": data, "num_images": 3, "deduplicate": False})
     assert res.status_code == 200 and len(res.json()) == 3
+
+
+def test_image_url_fetching_when_enabled(built):
+    import http.server
+    import threading
+
+    image = next(iter(read_samples(built["shards"] / "00000.tar")))
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - the stdlib's name
+            data = image.image if self.path == "/img.jpg" else b"x" * 60_000
+            self.send_response(200 if self.path != "/missing" else 404)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args):
+            pass
+
+    images = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=images.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{images.server_address[1]}"
+    config = ServerConfig(indices={"colors": {"index_dir": str(built["idx"])}}, allow_image_urls=True,
+                          max_image_bytes=50_000)
+    try:
+        with ServerThread(create_app(build_engine(config), config)) as url:
+            top = post(f"{url}/knn-service", {"image_url": f"{base}/img.jpg", "num_images": 1}).json()[0]
+            assert top["key"] == image.key and top["similarity"] == pytest.approx(1.0, abs=1e-3)
+            too_big = post(f"{url}/knn-service", {"image_url": f"{base}/big"})
+            assert too_big.status_code == 413 and too_big.json()["field"] == "image_url"
+            missing = post(f"{url}/knn-service", {"image_url": f"{base}/missing"})
+            assert missing.status_code == 422 and "could not be fetched" in missing.json()["error"]
+            assert post(f"{url}/knn-service", {"image_url": "ftp://x/y.jpg"}).json()["field"] == "image_url"
+    finally:
+        images.shutdown()
