@@ -40,6 +40,9 @@ def test_wds_classification_two_shards_and_splits(tmp_path):
     assert len(list(ds.split("train"))) == 9
     with pytest.raises(DataError, match="no split 'val'"):
         ds.split("val")
+    # any split name works, as in CLIP_benchmark (--split)
+    write_wds_classification(root, n_classes=3, per_class=1, splits=("holdout",))
+    assert sorted(load_dataset(root).splits) == ["holdout", "test", "train"]
 
 
 def test_wds_retrieval_captions_one_per_line(tmp_path):

@@ -99,7 +99,14 @@ def pil_from_path(path: Path):
 # --- CLIP_benchmark WebDataset layout ------------------------------------------------------------
 
 def _is_wds(root: Path) -> bool:
-    return root.is_dir() and any((root / s / "nshards.txt").is_file() for s in SPLIT_NAMES)
+    return bool(_wds_split_names(root))
+
+
+def _wds_split_names(root: Path) -> list[str]:
+    """Every subfolder with an `nshards.txt` is a split (CLIP_benchmark allows any split name)."""
+    if not root.is_dir():
+        return []
+    return sorted(d.name for d in root.iterdir() if (d / "nshards.txt").is_file())
 
 
 def _read_lines(path: Path) -> list[str] | None:
@@ -123,10 +130,8 @@ def load_wds(root: Path) -> EvalDataset:
         tmpl = _read_lines(root / "zeroshot_classification_templates.txt")
         templates = [t for t in tmpl if t] if tmpl else None
     splits = {}
-    for split in SPLIT_NAMES:
+    for split in _wds_split_names(root):
         nshards_file = root / split / "nshards.txt"
-        if not nshards_file.is_file():
-            continue
         try:
             nshards = int(nshards_file.read_text().strip())
         except ValueError:
