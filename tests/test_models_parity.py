@@ -13,6 +13,17 @@ from clipstack.models import create_model, get_model_config, get_tokenizer, save
 
 open_clip = pytest.importorskip("open_clip")
 
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models gain nothing from a second thread, and on 2 shared cores OpenMP threads waiting on
+    each other make every op several times slower; restore the setting afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 ATOL = 1e-5
 
 # A user's own config touching the options OpenCLIP configs use (not a bundled one).
@@ -68,16 +79,7 @@ def _check_both_ways(cfg: dict, batch: int = 2):
     assert max(_max_diffs(fresh_ours, ref, image, text)) <= ATOL
 
 
-@pytest.fixture
-def one_thread():
-    """ViT-B-32 on 2 shared cores: one thread is several times faster than two when the box is busy."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def test_vit_b_32_both_directions(one_thread):
+def test_vit_b_32_both_directions():
     ref = open_clip.create_model("ViT-B-32").eval()
     # built on the meta device and filled from open_clip: skips a second 150M-parameter random init
     ours = create_model("ViT-B-32", device="meta").to_empty(device="cpu").eval()

@@ -23,7 +23,6 @@ from clipstack.models.pretrained import (
     HF_HUB_PREFIX,
     find_weights_in_dir,
     hub_download,
-    hub_weights,
     load_checkpoint,
 )
 from clipstack.models.tokenizer import Tokenizer
@@ -44,7 +43,7 @@ def resolve_config(name_or_config: str | dict | Path) -> tuple[dict, dict, str |
     if text.startswith(HF_HUB_PREFIX):
         repo = text[len(HF_HUB_PREFIX):]
         full = read_config_file_raw(hub_download(repo, CONFIG_NAME))
-        return full["model_cfg"], full.get("preprocess_cfg", {}), hub_weights(repo), text
+        return full["model_cfg"], full.get("preprocess_cfg", {}), text, text  # weights fetched on load
     if text.startswith("local-dir:"):
         text = text[len("local-dir:"):]
     path = Path(text)
