@@ -69,6 +69,8 @@ def test_get_logits_and_context_length_check(tiny):
         img_f, txt_f, scale = tiny(image, text)
     assert logits_per_image.shape == (2, 3) and torch.equal(logits_per_text, logits_per_image.T)
     torch.testing.assert_close(logits_per_image, scale * img_f @ txt_f.T)
+    with pytest.raises(ValueError, match=r"takes \(32, 32\)"):
+        tiny.encode_image(torch.randn(1, 3, 64, 64))
     with pytest.raises(ValueError, match="context length 32"):
         tiny.encode_text(tok(["word " * 50], context_length=40))
 

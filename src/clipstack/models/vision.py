@@ -63,6 +63,9 @@ class VisionTransformer(nn.Module):
 
     def embed(self, image: torch.Tensor) -> torch.Tensor:
         """Patchify and add the class token and positions: [B,3,H,W] -> [B, 1 + grid, width]."""
+        if tuple(image.shape[-2:]) != self.image_size:
+            raise ValueError(f"images are {tuple(image.shape[-2:])} but the model takes {self.image_size}; "
+                             "use the model's preprocess (or create_model(..., image_size=...))")
         x = self.conv1(image).flatten(2).transpose(1, 2)
         cls_token = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
         x = torch.cat([cls_token, x], dim=1) + self.positional_embedding.to(x.dtype)
