@@ -42,6 +42,13 @@ def test_nan_logits_lose():
     assert M.topk_accuracy(logits, torch.tensor([1, 2]), (1, 2, 3)) == [0.0, 0.5, 0.5]
 
 
+def test_confusion_matrix_by_hand():
+    logits = torch.tensor([[2.0, 1.0], [0.0, 1.0], [float("nan"), float("nan")], [3.0, 0.0]])
+    pred = M.predictions(logits)
+    assert pred.tolist() == [0, 1, -1, 0]
+    assert M.confusion_matrix(torch.tensor([0, 0, 1, 1]), pred, 2).tolist() == [[1, 1], [1, 0]]
+
+
 def test_balanced_accuracy_ignores_a_class_with_no_samples():
     target = torch.tensor([0, 0, 1, 1])
     pred = torch.tensor([0, 1, 1, 2])  # class 2 is only predicted, class 3 never appears

@@ -164,8 +164,7 @@ def _probe(train_x, train_y, test_x, test_y, num_classes, cfg, val_x, val_y, cla
     with torch.no_grad():
         logits = model(test_x)
     cls = M.classification_metrics(logits, test_y, num_classes)
-    confusion = torch.zeros(num_classes, num_classes, dtype=torch.long)
-    confusion.index_put_((test_y, logits.argmax(1)), torch.ones(len(test_y), dtype=torch.long), accumulate=True)
+    confusion = M.confusion_matrix(test_y, M.predictions(logits), num_classes)
     metrics = {"lp_acc1": cls["acc1"], "lp_acc5": cls["acc5"],
                "lp_mean_per_class_recall": cls["mean_per_class_recall"], "weight_decay": wd,
                "epochs": cfg.epochs, "seed": cfg.seed, "fewshot_k": cfg.fewshot_k, "normalized": cfg.normalize}

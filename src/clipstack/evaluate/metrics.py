@@ -49,11 +49,25 @@ def balanced_accuracy(target: torch.Tensor, pred: torch.Tensor) -> float:
     return sum(recalls) / len(recalls)
 
 
-def classification_metrics(logits: torch.Tensor, target: torch.Tensor, num_classes: int) -> dict[str, float]:
-    """`acc1`, `acc5` (NaN with fewer than 5 classes) and `mean_per_class_recall`."""
-    # argmax would pick a NaN; a NaN logit must lose instead, and an all-NaN row predicts nothing.
+def predictions(logits: torch.Tensor) -> torch.Tensor:
+    """Argmax per row, where a NaN logit loses and an all-NaN row predicts nothing (-1)."""
     pred = logits.float().nan_to_num(nan=-torch.inf).argmax(dim=1)
     pred[logits.isnan().all(dim=1)] = -1
+    return pred
+
+
+def confusion_matrix(target: torch.Tensor, pred: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Counts [true, predicted]; rows without a prediction (-1) are left out."""
+    keep = pred >= 0
+    out = torch.zeros(num_classes, num_classes, dtype=torch.long)
+    out.index_put_((target[keep].long(), pred[keep].long()), torch.ones(int(keep.sum()), dtype=torch.long),
+                   accumulate=True)
+    return out
+
+
+def classification_metrics(logits: torch.Tensor, target: torch.Tensor, num_classes: int) -> dict[str, float]:
+    """`acc1`, `acc5` (NaN with fewer than 5 classes) and `mean_per_class_recall`."""
+    pred = predictions(logits)
     if num_classes >= 5:
         acc1, acc5 = topk_accuracy(logits, target, (1, 5))
     else:

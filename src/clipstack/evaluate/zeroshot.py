@@ -115,6 +115,4 @@ def zeroshot_metrics(logits: torch.Tensor, labels: Sequence, num_classes: int, m
         return {"mean_average_precision": M.mean_average_precision(logits, target)}, None
     target = labels_tensor(labels, num_classes, source)
     metrics = M.classification_metrics(logits, target, num_classes)
-    confusion = torch.zeros(num_classes, num_classes, dtype=torch.long)
-    confusion.index_put_((target, logits.argmax(1)), torch.ones(len(target), dtype=torch.long), accumulate=True)
-    return metrics, confusion
+    return metrics, M.confusion_matrix(target, M.predictions(logits), num_classes)
