@@ -1,4 +1,4 @@
-"""Losses: parity with open_clip's ClipLoss/SigLipLoss, and real 2- and 4-process gloo runs that match the
+"""Losses: parity with open_clip's ClipLoss/SigLipLoss, and real 2- and 3-process gloo runs that match the
 single-process loss on the global batch (loss value and gradients)."""
 
 from __future__ import annotations
@@ -162,8 +162,8 @@ def _dist_worker(rank: int, world: int, port: int, per_rank: int) -> None:
     os._exit(0)
 
 
-@pytest.mark.parametrize("world", [2, 4])
+@pytest.mark.parametrize("world", [2, 3])
 def test_distributed_losses_match_global_batch(world, monkeypatch):
-    # 4 ranks exercise SigLIP's bidirectional rounds plus the one-way remainder; 2 ranks the remainder.
+    # 3 ranks exercise SigLIP's bidirectional round, 2 ranks its one-way remainder round.
     monkeypatch.setenv("GLOO_SOCKET_IFNAME", "lo")
     mp.spawn(_dist_worker, args=(world, _free_port(), 3), nprocs=world, join=True)

@@ -209,3 +209,22 @@ def _ddp_worker(rank: int, world: int, port: int) -> None:
 def test_ddp_accumulation_matches_single_process(monkeypatch):
     monkeypatch.setenv("GLOO_SOCKET_IFNAME", "lo")
     mp.spawn(_ddp_worker, args=(2, _free_port()), nprocs=2, join=True)
+
+
+def test_grad_scaler_path_matches_unscaled_step_and_skips_overflow():
+    plain, scaled = _tiny(dtype=torch.float32), _tiny(dtype=torch.float32)
+    batch = _batch(4, torch.float32)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    a = train_step(plain, batch, ClipLoss(), create_optimizer(plain, lr=1e-3, fused=False), clip_grad_norm=1.0)
+    b = train_step(scaled, batch, ClipLoss(), create_optimizer(scaled, lr=1e-3, fused=False), scaler=scaler,
+                   clip_grad_norm=1.0)
+    # Power-of-two scaling is exact: unscaled gradients, norm and update are the same.
+    assert not b.skipped and b.grad_norm == pytest.approx(a.grad_norm, rel=1e-6)
+    _assert_same_grads(_grads(plain), _grads(scaled), rtol=1e-6, atol=1e-9)
+    images, texts = batch
+    images = images.clone()
+    images[0, 0, 0, 0] = float("inf")
+    before = {n: p.detach().clone() for n, p in scaled.named_parameters()}
+    res = train_step(scaled, (images, texts), ClipLoss(), create_optimizer(scaled, lr=1e-3), scaler=scaler)
+    assert res.skipped and scaler.get_scale() == 2.0**9
+    assert all(torch.equal(p, before[n]) for n, p in scaled.named_parameters())
