@@ -129,6 +129,11 @@ def test_second_task_reads_cached_embeddings(tmp_path, sets):
     os.utime(tar, ns=(tar.stat().st_atime_ns, tar.stat().st_mtime_ns + 10**9))
     evaluate(model, get_tokenizer("clip-tiny"), pre, sets["cls"], "zeroshot_classification", **kw)
     assert sum(calls) == n_first + 30
+    # a damaged cache entry is a miss, not a crash
+    for npz in (tmp_path / "cache").glob("*.npz"):
+        npz.write_bytes(b"garbage")
+    again = evaluate(model, get_tokenizer("clip-tiny"), pre, sets["cls"], "zeroshot_classification", **kw)
+    assert sum(calls) == n_first + 45 and again["metrics"] == first["metrics"]
 
 
 def test_siglip_model_reports_logit_bias(sets):

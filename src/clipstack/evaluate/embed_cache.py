@@ -148,9 +148,10 @@ class EmbedCache:
         self.root = Path(root) if root else None
 
     @staticmethod
-    def key(model_id: str, dataset: EvalDataset, split: str, preprocess: Callable) -> str:
+    def key(model_id: str, dataset: EvalDataset, split: str, preprocess: Callable, precision: str = "fp32",
+            tokenizer: Callable | None = None) -> str:
         parts = [model_id, dataset.layout, str(dataset.root.resolve()), dataset.fingerprint(), split,
-                 repr(preprocess)]
+                 repr(preprocess), precision, str(getattr(tokenizer, "context_length", ""))]
         return hashlib.sha1("\n".join(parts).encode()).hexdigest()[:20]
 
     def load(self, key: str) -> SplitEmbeddings | None:
@@ -159,10 +160,13 @@ class EmbedCache:
         npz, meta_path = self.root / f"{key}.npz", self.root / f"{key}.json"
         if not (npz.is_file() and meta_path.is_file()):
             return None
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        with np.load(npz) as arrays:
-            image_emb = torch.from_numpy(arrays["image_emb"].copy())
-            text_emb = torch.from_numpy(arrays["text_emb"].copy()) if "text_emb" in arrays else None
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+            with np.load(npz) as arrays:
+                image_emb = torch.from_numpy(arrays["image_emb"].copy())
+                text_emb = torch.from_numpy(arrays["text_emb"].copy()) if "text_emb" in arrays else None
+        except (OSError, ValueError, KeyError):  # a damaged entry is a miss: encode again and overwrite it
+            return None
         return SplitEmbeddings(image_emb, meta["keys"], meta.get("labels"), meta.get("captions"), text_emb,
                                meta.get("dropped", {}))
 
@@ -185,10 +189,12 @@ def split_embeddings(model: torch.nn.Module, preprocess: Callable, tokenizer: Ca
                      batch_size: int = 64, device: str = "cpu", precision: str = "fp32",
                      workers: int = 0) -> SplitEmbeddings:
     """Image (and, for retrieval sets, caption) embeddings of a split, from the cache when present."""
-    key = cache.key(model_id or model_fingerprint(model), dataset, split, preprocess)
-    cached = cache.load(key)
-    if cached is not None:
-        return cached
+    key = None
+    if cache.root is not None:
+        key = cache.key(model_id or model_fingerprint(model), dataset, split, preprocess, precision, tokenizer)
+        cached = cache.load(key)
+        if cached is not None:
+            return cached
     emb = encode_split(model, preprocess, dataset.split(split), batch_size, device, precision,
                        desc=f"{dataset.name}/{split} images", workers=workers)
     if emb.captions is not None:
@@ -197,5 +203,6 @@ def split_embeddings(model: torch.nn.Module, preprocess: Callable, tokenizer: Ca
         flat = [c for caps in emb.captions for c in caps]
         emb.text_emb = encode_texts(model, tokenizer, flat, max(batch_size, 256), device, precision,
                                     desc=f"{dataset.name}/{split} captions")
-    cache.save(key, emb)
+    if key is not None:
+        cache.save(key, emb)
     return emb
