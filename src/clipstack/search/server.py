@@ -96,8 +96,8 @@ class BodyTooLarge(HTTPException):
 
 
 class BodyLimitMiddleware:
-    """Refuse bodies over the limit (by Content-Length up front, or counting a chunked stream), and read a
-    POST without Content-Type as JSON: ClipClient posts `json.dumps(body)` with no header at all."""
+    """Refuse bodies over the limit (by Content-Length up front, or counting a chunked stream), and read
+    every POST body as JSON: ClipClient posts `json.dumps(body)` with no Content-Type at all."""
 
     def __init__(self, app, max_bytes: int):
         self.app, self.max_bytes = app, max_bytes
@@ -106,8 +106,11 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = dict(scope.get("headers") or [])
-        if scope.get("method") == "POST" and b"content-type" not in headers:
-            scope["headers"] = [*scope.get("headers", []), (b"content-type", b"application/json")]
+        if scope.get("method") == "POST" and not headers.get(b"content-type", b"").endswith(b"json"):
+            # Like clip-retrieval's back end, read the body as JSON whatever the header says: ClipClient
+            # sends none, `curl -d` sends application/x-www-form-urlencoded.
+            scope["headers"] = [(k, v) for k, v in scope.get("headers", []) if k != b"content-type"]
+            scope["headers"].append((b"content-type", b"application/json"))
         length = headers.get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
             response = _error(413, f"request body is larger than {self.max_bytes} bytes", "body")
