@@ -259,3 +259,17 @@ def test_eval_table_orders_columns_and_rejects_non_results(tmp_path, capsys):
     capsys.readouterr()
     assert main(["eval-table", str(tmp_path / "bad.json"), "--out", str(tmp_path / "t.csv")]) == 2
     assert "not a CLIP_benchmark result (missing dataset, model, pretrained, task, language)" in capsys.readouterr().err
+
+
+def test_cli_eval_of_a_saved_model_folder(tmp_path, tiny, sets):
+    from clipstack.models import save_pretrained
+
+    model, tok, pre = tiny
+    folder = save_pretrained(model, tmp_path / "my-model")
+    out = tmp_path / "r.json"
+    assert main(["eval", "--model", str(folder), "--dataset", str(sets["cls"]), "--no-cache", "--no-plots",
+                 "--output", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert (r["model"], r["pretrained"]) == ("my-model", str(folder))
+    # the same weights through the Python API give the same numbers
+    assert r["metrics"] == evaluate(model, tok, pre, sets["cls"], "zeroshot_classification")["metrics"]
