@@ -90,7 +90,7 @@ def wrap_model(model: nn.Module, info: DistInfo, fsdp: bool = False) -> nn.Modul
 
     ids = [info.device.index] if info.device.type == "cuda" else None
     # Frozen towers (LiT) have requires_grad=False, which DDP skips, so no unused-parameter search.
-    return DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
+    return DistributedDataParallel(model, device_ids=ids)
 
 
 def _average_grad(param: torch.Tensor) -> None:
