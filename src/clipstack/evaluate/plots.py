@@ -103,7 +103,7 @@ def retrieval_examples(res, emb, dataset, split: str, path: Path, n_queries: int
     return _save(fig, path)
 
 
-def _wrap(text: str, width: int = 28) -> str:
+def _wrap(text: str, width: int = 24) -> str:
     import textwrap
 
     return "\n".join(textwrap.wrap(text, width)[:6])
