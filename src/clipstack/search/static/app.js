@@ -64,7 +64,8 @@ async function search() {
   if (!text && !state.image) return;
   const body = {
     indice_name: name, modality: state.modality, num_images: Number($("count").value),
-    deduplicate: $("dedup").checked,
+    // As clip-retrieval's front end: fetch more neighbours than shown, so deduplication leaves enough.
+    num_result_ids: Math.min(10000, 5 * Number($("count").value)), deduplicate: $("dedup").checked,
   };
   if (state.image) body.image = state.image.split(",")[1]; else body.text = text;
   $("status").textContent = "searching…";
