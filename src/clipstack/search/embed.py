@@ -89,7 +89,8 @@ def _resume_info(path: Path, model: str, pretrained: str | None, dtype: str, url
     import json
 
     model_id = str(Path(model).resolve()) if Path(model).is_dir() else str(model)
-    fresh = {"model": model_id, "pretrained": pretrained, "dtype": dtype, "shards": urls, "parts": {}}
+    shards = [str(Path(u).resolve()) if "://" not in u else u for u in urls]  # same run from any cwd
+    fresh = {"model": model_id, "pretrained": pretrained, "dtype": dtype, "shards": shards, "parts": {}}
     if not path.exists():
         return fresh
     old = json.loads(path.read_text(encoding="utf-8"))
