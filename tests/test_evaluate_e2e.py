@@ -273,3 +273,20 @@ def test_cli_eval_of_a_saved_model_folder(tmp_path, tiny, sets):
     assert (r["model"], r["pretrained"]) == ("my-model", str(folder))
     # the same weights through the Python API give the same numbers
     assert r["metrics"] == evaluate(model, tok, pre, sets["cls"], "zeroshot_classification")["metrics"]
+
+
+def test_evaluate_suite_on_a_folder_of_sets(tmp_path, tiny):
+    from clipstack.evaluate import evaluate_suite
+
+    model, tok, pre = tiny
+    evals = tmp_path / "eval"
+    write_wds_classification(evals / "probe", n_classes=3, per_class=4, splits=("train", "test"))
+    write_wds_retrieval(evals / "ret", n_images=3)
+    (evals / "index.json").write_text('{"probe": {"task": "linear_probe"}, "ret": {"task": "zeroshot_retrieval"}}')
+    runs = list(evaluate_suite(model, tok, pre, [evals], output=None, epochs=2, model_name="tiny"))
+    assert [(r["dataset"], r["task"], path) for r, path in runs] == [
+        ("probe", "linear_probe", None), ("ret", "zeroshot_retrieval", None)]
+    assert not list(tmp_path.glob("*.json"))
+    runs = list(evaluate_suite(model, tok, pre, [evals / "probe"], ["zeroshot_classification"],
+                               output=tmp_path / "o" / "{dataset}-{task}.json", plots=False))
+    assert runs[0][1] == tmp_path / "o" / "probe-zeroshot_classification.json" and runs[0][1].is_file()

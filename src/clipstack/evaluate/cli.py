@@ -63,23 +63,10 @@ def register(sub) -> None:
     t.set_defaults(func=handle_table)
 
 
-def _slug(text: str) -> str:
-    return text.strip("/").replace("/", "_") if text else ""
-
-
-def _auto_task(ds, hint: str | None) -> str:
-    """The set's own suggestion (index.json) when it names a known task, else by the set's kind."""
-    if hint in TASK_CHOICES[1:] and not (hint == "linear_probe" and "train" not in ds.splits):
-        return hint
-    return "zeroshot_retrieval" if ds.kind == "retrieval" else "zeroshot_classification"
-
-
 def handle_eval(args: argparse.Namespace) -> int:
     import torch
 
-    from clipstack.evaluate.api import evaluate
-    from clipstack.evaluate.datasets import expand_dataset_paths, load_dataset
-    from clipstack.io import write_json
+    from clipstack.evaluate.suite import evaluate_suite
     from clipstack.models import create_model_from_pretrained, get_tokenizer
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -87,31 +74,21 @@ def handle_eval(args: argparse.Namespace) -> int:
     model, preprocess = create_model_from_pretrained(args.model, pretrained=args.pretrained, device=device)
     tokenizer = get_tokenizer(args.model)
     model_path = Path(args.model)
-    model_name = model_path.name if model_path.exists() else args.model
-    pretrained = args.pretrained or (args.model if model_path.exists() else "")
-    cache_dir = None if args.no_cache else (args.cache_dir or default_cache_dir())
-    for dataset_path, hint in expand_dataset_paths(args.dataset):
-        ds = load_dataset(dataset_path, args.layout)
-        tasks = [_auto_task(ds, hint) if t == "auto" else t for t in args.task]
-        for task in tasks:
-            out = Path(args.output.format(dataset=_slug(ds.name), model=_slug(model_name),
-                                          pretrained=_slug(Path(pretrained).name if pretrained else "none"),
-                                          task=task, language=args.language))
-            result = evaluate(model, tokenizer, preprocess, ds, task, model_name=model_name, pretrained=pretrained,
-                              language=args.language, split=args.split, batch_size=args.batch_size,
-                              workers=args.workers,
-                              device=device, precision=args.precision, templates=args.templates,
-                              prompt_weighting=args.prompt_weighting, zpe_tau=args.zpe_tau,
-                              zpe_reference=args.zpe_reference,
-                              recall_k=args.recall_k, fewshot_k=args.fewshot_k, epochs=args.fewshot_epochs,
-                              lr=args.fewshot_lr, seed=args.seed, probe_batch_size=args.probe_batch_size,
-                              val_proportion=args.val_proportion,
-                              cache_dir=cache_dir, plots=None if args.no_plots else out.with_suffix(""))
-            write_json(out, result)
-            shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                              for k, v in result["metrics"].items())
-            print(f"{ds.name} {task}: {shown}")
-            print(f"wrote {out}")
+    results = evaluate_suite(
+        model, tokenizer, preprocess, args.dataset, args.task, output=args.output, plots=not args.no_plots,
+        layout=args.layout, model_name=model_path.name if model_path.exists() else args.model,
+        pretrained=args.pretrained or (args.model if model_path.exists() else ""), language=args.language,
+        split=args.split, batch_size=args.batch_size, workers=args.workers, device=device,
+        precision=args.precision, templates=args.templates, prompt_weighting=args.prompt_weighting,
+        zpe_tau=args.zpe_tau, zpe_reference=args.zpe_reference, recall_k=args.recall_k,
+        fewshot_k=args.fewshot_k, epochs=args.fewshot_epochs, lr=args.fewshot_lr, seed=args.seed,
+        probe_batch_size=args.probe_batch_size, val_proportion=args.val_proportion,
+        cache_dir=None if args.no_cache else (args.cache_dir or default_cache_dir()))
+    for result, out in results:
+        shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                          for k, v in result["metrics"].items())
+        print(f"{result['dataset']} {result['task']}: {shown}")
+        print(f"wrote {out}")
     return 0
 
 
