@@ -5,7 +5,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed-stamp
 # Reference implementations that parity tests run against, installed without their dependency trees
 # (the code the tests call needs only packages already in the dev extra).
-NODEPS_REFS := 'clip_benchmark>=1.6'
+NODEPS_REFS := 'clip_benchmark>=1.6' clip-retrieval==2.45.0
 
 .PHONY: install quickstart test lint sysdeps bench clean
 
