@@ -109,7 +109,7 @@ def final_state(run_dir: Path) -> dict:
     from clipstack.train.checkpoint import list_checkpoints
 
     ckpt = list_checkpoints(run_dir)[-1]
-    return torch.load(ckpt / "state.pt", map_location="cpu", weights_only=False)["model"]
+    return torch.load(ckpt / "state.pt", map_location="cpu", weights_only=False)["state_dict"]
 
 
 def read_metrics(run_dir: Path) -> list[dict]:

@@ -85,7 +85,13 @@ def test_siglip_time_budget_and_plot_command(shards, tmp_path, capsys):
     tb_note = "tensorboard is not installed" in capsys.readouterr().out
     assert tb_note or any((result.run_dir / "tensorboard").iterdir())  # optional, never fatal
     assert result.stopped == "time_budget" and 1 <= result.step < 100
-    assert result.export_path is None and result.checkpoint.name == f"step_{result.step:06d}"  # resumable
+    assert result.checkpoint.name == f"step_{result.step:06d}"  # resumable, and exported so far
+    from clipstack.models import create_model
+
+    exported, from_ckpt = create_model(str(result.export_path)), create_model("siglip-tiny", pretrained=str(
+        result.checkpoint))  # a checkpoint folder loads as pretrained weights
+    for name, value in exported.state_dict().items():
+        assert torch.equal(value, from_ckpt.state_dict()[name]), name
     last = read_metrics(result.run_dir)[-1]
     assert last["logit_bias"] is not None and abs(last["logit_bias"] + 10) < 1  # SigLIP init bias -10
     assert main(["plot", str(result.run_dir), "--out", str(tmp_path / "plots")]) == 0

@@ -47,8 +47,10 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # a truncated or foreign file: say which and why, in one line
         raise ClipstackError(f"{path}: cannot read checkpoint ({type(err).__name__}: {err})") from err
-    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
-        obj = obj["state_dict"]
+    for wrapper in ("state_dict", "model"):  # open_clip / clipstack training checkpoints
+        if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
+            obj = obj[wrapper]
+            break
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise ClipstackError(f"{path}: not a state_dict (expected a mapping of names to tensors)")
     state_dict = dict(obj)
@@ -101,6 +103,8 @@ def resolve_weights(pretrained: str | Path) -> Path:
     if text.startswith(HF_HUB_PREFIX):
         return hub_weights(text[len(HF_HUB_PREFIX):])
     path = Path(text)
+    if path.is_dir() and (path / "state.pt").is_file() and (path / "meta.json").is_file():
+        return path / "state.pt"  # a clipstack training checkpoint folder (RUN/checkpoints/step_N)
     if path.is_dir():
         found = find_weights_in_dir(path)
         if found is None:

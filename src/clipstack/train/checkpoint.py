@@ -113,7 +113,9 @@ def save_checkpoint(run_dir: str | os.PathLike, step: int, *, model: torch.nn.Mo
         dcp.save({"model": model.state_dict(), "optimizer": get_optimizer_state_dict(model, optimizer)},
                  checkpoint_id=str(tmp / "sharded"))
     else:
-        state["model"] = _unwrap(model).state_dict()
+        # open_clip's key for the weights, so `create_model(..., pretrained=".../state.pt")` and open_clip's
+        # own load_checkpoint both read a training checkpoint as it is.
+        state["state_dict"] = _unwrap(model).state_dict()
         state["optimizer"] = optimizer.state_dict()
     if rank == 0:
         _save_synced(state, tmp / "state.pt")
@@ -149,9 +151,10 @@ def load_checkpoint(path: str | os.PathLike, *, model: torch.nn.Module, optimize
         model.load_state_dict(loaded["model"])
         set_optimizer_state_dict(model, optimizer, optim_state_dict=loaded["optimizer"])
     else:
-        if "model" not in state:
+        weights = state.get("state_dict", state.get("model"))  # "model": checkpoints before 0.1
+        if weights is None:
             raise ClipstackError(f"{path}: checkpoint has no model state")
-        _unwrap(model).load_state_dict(state["model"])
+        _unwrap(model).load_state_dict(weights)
         optimizer.load_state_dict(state["optimizer"])
     if scheduler is not None and state.get("scheduler") is not None:
         scheduler.load_state_dict(state["scheduler"])

@@ -356,7 +356,9 @@ class _Run:
         if self.last_ckpt is None or not self.last_ckpt.name.endswith(f"{self.step:06d}"):
             self._save()
         export = None
-        if cfg.checkpoint.export and stopped != "time_budget":
+        # A time-budgeted stop exports too: the weights so far are what the user asked for; a resumed run
+        # exports again over them.
+        if cfg.checkpoint.export:
             export = self._export()
         self.log = MetricsLog(self.run_dir, info.is_main, self.step, False)  # reopen for end callbacks
         try:
