@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import tarfile
 import time
 from collections import Counter
@@ -206,25 +207,64 @@ def expand_urls(urls: str | os.PathLike | Iterable[str | os.PathLike]) -> list[s
     return out
 
 
+class _EndAwareTarInfo(tarfile.TarInfo):
+    """Marks its archive once the end-of-archive block (512 zero bytes) is read where a header would be.
+
+    `tarfile` ends iteration silently on that block and equally on end of file at a header (no bytes, or
+    a partial block), so a tar cut at or inside a member header would otherwise read as a shorter,
+    complete one; the mark tells the two apart.
+    """
+
+    @classmethod
+    def fromtarfile(cls, tarfile_):
+        try:
+            return super().fromtarfile(tarfile_)
+        except tarfile.EOFHeaderError:
+            tarfile_.clipstack_end_block = True
+            raise
+
+
+_META_MEMBER = re.compile(r"__[^/]*__($|/)")  # skipped, as webdataset's tar_file_iterator skips them
+
+
+def _tar_members(fh) -> Iterator[tuple[str, bytes]]:
+    """(name, data) of each regular member; raises `tarfile.ReadError` if the archive is truncated.
+
+    An archive is whole once its first end-of-archive block has been read in full; what follows it (the
+    second zero block, the padding to a 10 KiB record) may be missing. A cut anywhere before that,
+    including exactly at a member boundary (byte for byte the same as an archive that lost its later
+    members), is reported.
+    """
+    stream = tarfile.open(fileobj=fh, mode="r|*", tarinfo=_EndAwareTarInfo)
+    for info in stream:
+        if info.isreg() and not _META_MEMBER.match(info.name):
+            yield info.name, stream.extractfile(info).read()
+        stream.members = []  # stream mode keeps every TarInfo otherwise
+    if not getattr(stream, "clipstack_end_block", False):
+        raise tarfile.ReadError(f"truncated: no end-of-archive block at byte {stream.offset}")
+
+
 def iter_shard(path: str | os.PathLike, on_error: Callable[[DataError], None] | None = None,
                ) -> Iterator[dict[str, Any]]:
     """Yield raw samples (`__key__`, `__url__`, then one bytes value per member extension).
 
-    A missing, truncated or corrupt tar raises `DataError` naming the shard and the samples read so far,
-    unless `on_error` is given, in which case it is called and the shard ends there. Members are grouped
-    here rather than by webdataset's `group_by_keys`, which holds each sample until the next key shows
-    up and so loses the last whole sample before the damage; here that sample is yielded (every member
-    it has was read in full).
+    A missing, truncated or corrupt tar raises `DataError` (`unreadable tar after N samples`) naming the
+    shard and the samples read so far, unless `on_error` is given, in which case it is called and the
+    shard ends there. Truncated means cut anywhere before the end-of-archive block is read whole (see
+    `_tar_members`): inside a header, inside or right after a member's data, at a member boundary. Members
+    are grouped here rather than by webdataset's `group_by_keys`, which holds each sample until the next
+    key shows up and so loses the last whole sample before the damage; here that sample is yielded (every
+    member it has was read in full) and counted in N.
     """
-    from webdataset.tariterators import base_plus_ext, tar_file_iterator
+    from webdataset.tariterators import base_plus_ext
 
     path = str(path)
     count = 0
     current: dict[str, Any] | None = None
     try:
         with open(path, "rb") as fh:
-            for member in tar_file_iterator(fh):
-                prefix, suffix = base_plus_ext(member["fname"])
+            for name, data in _tar_members(fh):
+                prefix, suffix = base_plus_ext(name)
                 if prefix is None:
                     continue
                 if current is not None and current["__key__"] != prefix:
@@ -235,7 +275,7 @@ def iter_shard(path: str | os.PathLike, on_error: Callable[[DataError], None] | 
                     current = {"__key__": prefix, "__url__": path}
                 if suffix in current:  # a repeated member name: keep the first, as the tar order says
                     continue
-                current[suffix] = member["data"]
+                current[suffix] = data
     except FileNotFoundError:
         err = DataError(f"{path}: shard not found")
         if on_error is None:
