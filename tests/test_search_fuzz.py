@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import base64
 import json
+from pathlib import PurePosixPath
+from urllib.parse import unquote, urlsplit
 
 import pytest
 import requests
 from _search_util import build_model_index, faiss_one_thread, jpeg_bytes  # noqa: F401 - an autouse fixture
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from clipstack.search.server import ServerConfig, ServerThread, build_engine, create_app
+from clipstack.search.server import STATIC_TYPES, ServerConfig, ServerThread, build_engine, create_app
 
 QUERY_INPUTS = ("text", "image", "image_url", "embedding_input")
 IMAGES = [base64.b64encode(jpeg_bytes(c, seed=i)).decode() for i, c in enumerate(["red", "blue"])] + [
@@ -78,11 +80,32 @@ def server(tmp_path_factory):
         yield url, schema
 
 
+# Pages by design: the search page, and FastAPI's OpenAPI pages (`/docs` is in the search tour).
+HTML_PATHS = ("/", "/docs", "/redoc", "/docs/oauth2-redirect")
+
+
+def _expected_type(path: str, status: int) -> str:
+    """The content type a response must have, from the path the server saw (the client removes dot
+    segments, so `/thumbnail/../docs` asks for `/docs`; the server decodes `%2F`, so `/static%2Fapp.js`
+    is `/static/app.js`)."""
+    if status >= 400:
+        return "application/json"  # every error, an unknown path's 404 included
+    if path in HTML_PATHS:
+        return "text/html"
+    if path.startswith("/static/"):
+        return STATIC_TYPES[PurePosixPath(path).suffix].split(";")[0]
+    if path.startswith("/thumbnail/"):
+        return "image/jpeg"
+    if path == "/metrics":
+        return "text/plain"
+    return "application/json"
+
+
 def _check(res: requests.Response) -> None:
     assert res.status_code < 500, res.text
-    # ("/thumbnail/../" is normalized by the client to "/", the page itself.)
-    kinds = ("application/json", "image/jpeg", "text/plain", "text/html")
-    assert res.headers["content-type"].startswith(kinds), res.headers
+    path = unquote(urlsplit(res.url).path)
+    expected = _expected_type(path, res.status_code)
+    assert res.headers["content-type"].split(";")[0] == expected, (path, res.status_code, res.headers)
     if res.status_code >= 400:
         body = res.json()
         assert body["error"] and "field" in body
@@ -119,6 +142,21 @@ def test_raw_garbage_never_5xx(server, raw, path):
 @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
 @given(index=st.text(max_size=12) | st.sampled_from(["colors", "vectors", "..", "%2e%2e"]),
        row=st.integers(-5, 10**12).map(str) | st.text(max_size=12))
+# Every path that answers in something other than JSON, each by design, and JSON errors beside them:
+@example(index="..", row="")  # "/thumbnail/../" -> "/", the page
+@example(index=".", row="..")  # "/thumbnail/./.." -> "/"
+@example(index="..", row="docs")  # FastAPI's OpenAPI pages
+@example(index="..", row="redoc")
+@example(index="..", row="static/app.js")  # the page's assets ("%2F" is decoded by the server)
+@example(index="..", row="static/app.css")
+@example(index="..", row="static/index.html")
+@example(index="..", row="metrics")  # Prometheus text
+@example(index="..", row="static/nope.js")  # unknown asset: JSON 404
+@example(index="..", row="nope")  # unknown path: JSON 404
+@example(index=".", row="x")  # "/thumbnail/x": JSON 404
+@example(index="colors", row="0")  # a thumbnail
+@example(index="colors", row="-1")  # JSON 404
+@example(index="colors", row="x")  # JSON 422
 def test_generated_get_paths_never_5xx(server, index, row):
     url, _ = server
     quote = requests.utils.quote
