@@ -199,6 +199,37 @@ def test_causal_text_ignores_tokens_after_eot(tiny):
         torch.testing.assert_close(tiny.encode_text(a), tiny.encode_text(b))
 
 
+def _cpp_compiler() -> str | None:
+    """The C++ compiler inductor would run on CPU, if it is installed."""
+    import shutil
+
+    try:
+        from torch._inductor.cpp_builder import get_cpp_compiler
+
+        return shutil.which(get_cpp_compiler())
+    except Exception:  # noqa: BLE001 - any failure to find one means there is none to use
+        return None
+
+
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+def test_encode_text_compiles_in_one_graph_with_eager_outputs(tiny, backend):
+    """Eager cuts the padding after the longest caption (a data-dependent length); under torch.compile
+    the text tower keeps the full context instead, so it traces as one graph (fullgraph=True raises on
+    any graph break) and, causality hiding what follows EOT, gives eager's embeddings."""
+    if backend == "inductor" and _cpp_compiler() is None:
+        pytest.skip("inductor on CPU needs a C++ compiler (g++/clang++), and none is installed")
+    torch._dynamo.reset()
+    tokens = get_tokenizer("clip-tiny")(["a photo of a cat", "a dog", "", "a longer caption, " * 4])
+    compiled = torch.compile(tiny.encode_text, fullgraph=True, backend=backend)
+    with torch.no_grad():
+        eager = tiny.encode_text(tokens)
+        torch.testing.assert_close(compiled(tokens), eager, rtol=0, atol=1e-5)
+        torch.testing.assert_close(compiled(tokens[:2]), eager[:2], rtol=0, atol=1e-5)
+    explain = torch._dynamo.explain(tiny.text)(tokens)
+    assert explain.graph_break_count == 0 and explain.graph_count == 1, explain.break_reasons
+    torch._dynamo.reset()
+
+
 @pytest.mark.parametrize("cfg, field", [
     ({"embed_dim": 8, "vision_cfg": {"timm_model_name": "vit"}, "text_cfg": {}}, "timm_model_name"),
     ({"embed_dim": 8, "vision_cfg": {"bogus": 1}, "text_cfg": {}}, "vision_cfg.bogus"),

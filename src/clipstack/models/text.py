@@ -92,9 +92,11 @@ class TextTransformer(nn.Module):
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """The pooled embedding. With causal attention nothing after the pooled token (EOT) can reach
-        it, so the padding after the longest caption is cut off first: exact, and several times cheaper
-        on real captions, which are much shorter than the context."""
-        if self.causal and self.pool_type != "last":
+        it, so in eager mode the padding after the longest caption is cut off first: exact, and several
+        times cheaper on real captions, which are much shorter than the context. Under `torch.compile`
+        (or export) the full context is kept: the cut length is data (a host sync, a graph break, and a
+        new shape per batch), and the same causality makes the result equal."""
+        if self.causal and self.pool_type != "last" and not torch.compiler.is_compiling():
             tokens = tokens[:, : int(self._pool_index(tokens).max()) + 1]
         return self.forward_features(tokens).pooled
 
