@@ -3,16 +3,19 @@
 The single process reads one shard that interleaves the two ranks' shards block by block, so its global
 batch at every step holds exactly the samples the two ranks hold together (augmentation and caption
 choice are seeded by sample identity, not by reader), and the final weights must agree within float
-tolerance. FSDP2 also writes sharded checkpoints (torch.distributed.checkpoint) and resumes from one.
+tolerance. FSDP2 also writes sharded checkpoints (torch.distributed.checkpoint) and resumes from one. A
+DDP run SIGKILLed after its first checkpoint (mid-epoch) and resumed with `--resume latest` must end
+bitwise equal to the uninterrupted DDP run.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 import torch
-from _train_util import make_samples, read_metrics, run_cli, tiny_config, torchrun, write_config
+from _train_util import final_state, make_samples, read_metrics, run_cli, tiny_config, torchrun, write_config
 
 from clipstack.data.shards import write_shard, write_sizes
 
@@ -79,14 +82,69 @@ def setup(tmp_path_factory):
     return root, common, _export_state(single), single
 
 
-def test_ddp_two_gloo_ranks_match_single_process(setup):
-    root, common, reference, single = setup
-    run = root / "run_ddp"
-    cfg = write_config(root / "ddp.json", tiny_config(run, str(root / "ranks"), **common))
+# Both DDP runs checkpoint at step 3: mid-epoch (2 steps per epoch), so the resume restores per-rank
+# stream positions, not just an epoch start. The cadence does not change what is trained.
+DDP_CHECKPOINT = {"every_steps": 3, "keep_last": 4, "export": True}
+
+KILL_AFTER_CHECKPOINT = """
+import json, os, signal, sys
+from clipstack.train import train
+from clipstack.train.runlog import Callback
+cfg = json.load(open(sys.argv[1]))
+kill_at = int(sys.argv[2])
+def killer(ctx):  # runs after the step's checkpoint is saved; every rank dies, as in a lost node
+    if ctx.step == kill_at:
+        os.kill(os.getpid(), signal.SIGKILL)
+train(cfg, callbacks=[Callback(fn=killer, every_steps=1, main_only=False)])
+"""
+
+
+def _ddp_config(root: Path, common: dict, name: str) -> Path:
+    sections = {**common, "checkpoint": {**common["checkpoint"], **DDP_CHECKPOINT}}
+    return write_config(root / f"{name}.json", tiny_config(root / name, str(root / "ranks"), **sections))
+
+
+@pytest.fixture(scope="module")
+def ddp_run(setup):
+    root, common, _, _ = setup
+    cfg = _ddp_config(root, common, "run_ddp")
     torchrun(2, "-m", "clipstack", "train", "--config", str(cfg))
-    conf = __import__("json").loads((run / "config.json").read_text())
+    return root / "run_ddp"
+
+
+def test_ddp_two_gloo_ranks_match_single_process(setup, ddp_run):
+    _, _, reference, single = setup
+    conf = json.loads((ddp_run / "config.json").read_text())
     assert conf["world_size"] == 2 and conf["config"]["data"]["batch_size"] == 8
-    _assert_same_run(run, single, reference)
+    _assert_same_run(ddp_run, single, reference)
+
+
+def test_ddp_sigkill_after_first_checkpoint_then_resume_latest_is_bitwise_identical(setup, ddp_run):
+    from clipstack.train.checkpoint import list_checkpoints
+
+    root, common, _, _ = setup
+    cfg = _ddp_config(root, common, "run_ddp_killed")
+    script = root / "kill_after_checkpoint.py"
+    script.write_text(KILL_AFTER_CHECKPOINT)
+    proc = torchrun(2, str(script), str(cfg), "3", check=False)
+    assert proc.returncode != 0 and "SIGKILL" in proc.stderr, proc.stderr[-3000:]
+    run = root / "run_ddp_killed"
+    assert [p.name for p in list_checkpoints(run)] == ["step_000003"]
+    state = torch.load(run / "checkpoints/step_000003/state.pt", weights_only=False)
+    assert (state["epoch"], state["step_in_epoch"], state["world_size"]) == (1, 1, 2)
+    assert all(state["data_position_per_rank"])  # mid-epoch: each rank's stream position is saved
+
+    proc = torchrun(2, "-m", "clipstack", "train", "--config", str(cfg), "--resume", "latest")
+    assert "trained 4 steps (done)" in proc.stdout, proc.stdout[-2000:]
+    resumed = json.loads((run / "config.json").read_text())["resumed_from"]
+    assert resumed and Path(resumed).name == "step_000003"
+    mine, ref = final_state(run), final_state(ddp_run)
+    assert mine.keys() == ref.keys()
+    different = [k for k in ref if not torch.equal(mine[k], ref[k])]
+    assert not different, f"not bitwise equal after resume: {different[:5]}"
+    keys = ("step", "loss", "lr", "grad_norm")
+    assert [[m[k] for k in keys] for m in read_metrics(run)] == [[m[k] for k in keys] for m in read_metrics(ddp_run)]
+    assert [p.name for p in list_checkpoints(run)] == ["step_000003", "step_000004"]
 
 
 def test_fsdp2_sharded_checkpoint_save_and_resume(setup):
