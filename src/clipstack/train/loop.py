@@ -208,6 +208,8 @@ class _Run:
             if state.get("world_size", info.world_size) != info.world_size:
                 raise ClipstackError(f"checkpoint.resume: {resume_from} was written by "
                                      f"{state.get('world_size')} ranks, this run has {info.world_size}")
+            if info.is_main:
+                print(f"resumed from {resume_from} (step {self.step}, epoch {self.epoch})", flush=True)
         if info.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             write_run_config(self.run_dir, cfg.to_dict(), dict(getattr(model, "model_config", {}) or {}), {
