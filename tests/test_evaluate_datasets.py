@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import tarfile
 
 import pyarrow as pa
@@ -198,3 +199,21 @@ def test_cli_layout_choices_match_the_registry():
     from clipstack.evaluate.cli import LAYOUT_CHOICES
 
     assert LAYOUT_CHOICES == tuple(lay.name for lay in LAYOUTS)
+
+
+def test_a_truncated_eval_tar_stops_with_its_name_and_count(tmp_path):
+    """A metric over part of a test set would differ silently, so a damaged set is an error, not a skip."""
+    from clipstack.evaluate.datasets import _tar_samples
+
+    good = tmp_path / "0.tar"
+    with tarfile.open(good, "w") as tf:
+        for i in range(3):
+            for ext, data in (("webp", b"x" * 700), ("cls", b"1")):
+                info = tarfile.TarInfo(f"s{i:04d}.{ext}")
+                info.size = len(data)
+                tf.addfile(info, io.BytesIO(data))
+    assert [k for k, _ in _tar_samples(good)] == ["s0000", "s0001", "s0002"]
+    cut = tmp_path / "cut.tar"
+    cut.write_bytes(good.read_bytes()[:512 * 8])  # a member boundary: s0000 whole, then s0001 image only
+    with pytest.raises(DataError, match=r"cut\.tar: unreadable tar after 2 samples"):
+        list(_tar_samples(cut))

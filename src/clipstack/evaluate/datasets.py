@@ -15,8 +15,6 @@ counted on the split (`split.dropped`), never a crash mid-run.
 from __future__ import annotations
 
 import io
-import re
-import tarfile
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -28,7 +26,6 @@ from clipstack.errors import DataError
 IMAGE_EXTS = ("webp", "png", "jpg", "jpeg")
 FILE_IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
 SPLIT_NAMES = ("train", "val", "test")
-_WDS_KEY = re.compile(r"^((?:.*/|)[^./]+)\.([^/]*)$")  # webdataset's key/extension split
 
 
 @dataclass
@@ -161,27 +158,16 @@ def _wds_split(split: str, tars: list[Path], kind: str) -> EvalSplit:
 
 
 def _tar_samples(tar: Path) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """Consecutive members sharing a key form one sample, as webdataset groups them."""
-    try:
-        tf = tarfile.open(tar)
-    except (tarfile.TarError, OSError) as err:
-        raise DataError(f"{tar}: not a readable tar ({err})") from None
-    key, members = None, {}
-    with tf:
-        for info in tf:
-            if not info.isfile():
-                continue
-            m = _WDS_KEY.match(info.name)
-            if not m:
-                continue
-            k, ext = m.group(1), m.group(2).lower()
-            if k != key and members:
-                yield key, members
-                members = {}
-            key = k
-            members[ext] = tf.extractfile(info).read()
-        if members:
-            yield key, members
+    """Consecutive members sharing a key form one sample, as webdataset groups them.
+
+    A truncated or corrupt tar raises `DataError` naming it and the samples read: a metric over part of
+    a test set would silently differ from everyone else's, so evaluation stops rather than skips.
+    """
+    from clipstack.data.shards import iter_shard
+
+    for raw in iter_shard(tar):
+        members = {k.lower(): v for k, v in raw.items() if not k.startswith("__")}
+        yield raw["__key__"], members
 
 
 def _wds_item(key: str, members: dict[str, bytes], kind: str, tar: Path, dropped: Counter) -> EvalItem | None:
