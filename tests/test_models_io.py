@@ -200,3 +200,19 @@ def test_cli_lists_and_shows_configs(capsys):
     assert json.loads(capsys.readouterr().out)["embed_dim"] == 64
     assert cli_main(["models", "--show", "nope"]) == 2
     assert "unknown model config 'nope'" in capsys.readouterr().err
+
+
+def test_training_checkpoint_folders_load_as_pretrained_and_sharded_ones_say_why(tmp_path):
+    from clipstack.errors import ClipstackError
+    from clipstack.models import create_model
+
+    source = create_model("clip-tiny")
+    ckpt = tmp_path / "step_000010"
+    ckpt.mkdir()
+    torch.save({"state_dict": source.state_dict(), "optimizer": {}, "step": 10}, ckpt / "state.pt")
+    (ckpt / "meta.json").write_text('{"step": 10, "sharded": false}')
+    loaded = create_model("clip-tiny", pretrained=str(ckpt))
+    assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in source.state_dict().items())
+    (ckpt / "sharded").mkdir()
+    with pytest.raises(ClipstackError, match="FSDP checkpoint keeps its weights in sharded/"):
+        create_model("clip-tiny", pretrained=str(ckpt))

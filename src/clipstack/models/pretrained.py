@@ -104,7 +104,11 @@ def resolve_weights(pretrained: str | Path) -> Path:
         return hub_weights(text[len(HF_HUB_PREFIX):])
     path = Path(text)
     if path.is_dir() and (path / "state.pt").is_file() and (path / "meta.json").is_file():
-        return path / "state.pt"  # a clipstack training checkpoint folder (RUN/checkpoints/step_N)
+        # a clipstack training checkpoint folder (RUN/checkpoints/step_N)
+        if (path / "sharded").is_dir():
+            raise ClipstackError(f"{path}: an FSDP checkpoint keeps its weights in sharded/ (one piece per "
+                                 "rank); load the run's export/ folder instead, or resume the run to export")
+        return path / "state.pt"
     if path.is_dir():
         found = find_weights_in_dir(path)
         if found is None:

@@ -9,19 +9,19 @@ from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("embed", help="Embed images and captions of shards (clip-retrieval layout).",
+    p = sub.add_parser("embed", help="embed the images and captions of shards (clip-retrieval layout)",
                        description="Batched inference over shards; resumable per part.")
     p.add_argument("model", help="model name (clip-tiny, ViT-B-32...) or exported model folder")
     p.add_argument("shards", help="shard folder, file, or brace pattern (dir/{00000..00009}.tar)")
     p.add_argument("out_dir", help="output folder (img_emb/, text_emb/, metadata/, thumbs/)")
-    p.add_argument("--pretrained", default=None, help="weights file for a named model")
+    p.add_argument("--pretrained", default=None, help="weights for a named model: a file, a model folder, a training checkpoint folder or hf-hub:org/repo")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--dtype", choices=["float32", "float16"], default="float32")
     p.add_argument("--no-thumbnails", action="store_true", help="do not store thumbnails for the web page")
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=_embed)
 
-    p = sub.add_parser("index", help="Build FAISS indices from embeddings, chosen by size and memory.",
+    p = sub.add_parser("index", help="build FAISS indices from embeddings, chosen by size and memory",
                        description="Picks Flat / HNSW / IVF+SQ/PQ like autofaiss, tunes to a recall target.")
     p.add_argument("emb_dir", help="folder written by `clipstack embed` (or clip-retrieval inference)")
     p.add_argument("index_dir", help="output folder")
@@ -34,7 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="keep the approximate index even when exact search is as fast or more accurate")
     p.set_defaults(func=_index)
 
-    p = sub.add_parser("serve", help="Serve indices over a clip-retrieval-compatible API and web page.",
+    p = sub.add_parser("serve", help="serve indices over a clip-retrieval-compatible API and a web page",
                        description="FastAPI + uvicorn; binds 127.0.0.1 unless told otherwise.")
     p.add_argument("--indices", required=True,
                    help='indices JSON ({"name": "index_dir"} or {"name": {"index_dir": .., "model": ..}}) '
