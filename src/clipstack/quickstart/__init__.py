@@ -1,6 +1,6 @@
 """`clipstack quickstart`: the main job, every stage end to end on the embedded data, then a report.
 
-    clipstack quickstart                          # ./quickstart_out, about 7 minutes on 2 CPU cores
+    clipstack quickstart                          # ./quickstart_out, about 6 minutes on 2 CPU cores
     clipstack quickstart --workdir DIR --budget-minutes 2
 
 From Python: `run_quickstart(workdir, QuickstartSettings(...))`. Each stage runs as the very `clipstack`

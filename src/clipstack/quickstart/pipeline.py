@@ -66,7 +66,7 @@ def plan(workdir: Path, s: QuickstartSettings) -> list[Stage]:
         Stage("metadata", "build a MetaCLIP metadata list (WordNet + pool unigrams and bigrams)", [
             "metadata", "build", str(p.metadata), "--corpus", str(p.pool), "--min-count", "20"],
             [str(p.metadata)]),
-        Stage("curate", "curate: text and size filters, exact/perceptual/caption dedup, MetaCLIP balancing", [
+        Stage("curate", "text and size filters, exact/perceptual/caption dedup, MetaCLIP balancing", [
             "curate", str(p.pool), str(p.curated), "--steps", "text,basic,exact,phash,caption,balance",
             "--min-side", "64", "--phash-size", "16", "--phash-threshold", "16",
             "--metadata", str(p.metadata), "--t", str(s.t), "--seed", str(s.seed),
