@@ -11,7 +11,9 @@ Heavy imports (numpy, pyarrow, torch) happen inside the functions, so importing 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from clipstack.lazy import lazy_attributes
 
 __all__ = ["CurateConfig", "Matcher", "curate", "in_subset", "load_subset", "uid_for", "write_subset"]
 
@@ -28,9 +30,4 @@ if TYPE_CHECKING:
     from clipstack.curate.uids import in_subset, load_subset, uid_for, write_subset
 
 
-def __getattr__(name: str) -> Any:
-    if name in _WHERE:
-        import importlib
-
-        return getattr(importlib.import_module(_WHERE[name]), name)
-    raise AttributeError(f"module 'clipstack.curate' has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, _WHERE)

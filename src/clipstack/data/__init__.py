@@ -14,8 +14,7 @@ Modules: `shards` (write/read tars, manifests, robust reading), `ingest` + `sour
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from clipstack.lazy import lazy_attributes
 
 _LAZY = {
     "IngestConfig": "clipstack.data.ingest",
@@ -33,10 +32,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'clipstack.data' has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, _LAZY)
 
 
 __all__ = list(_LAZY)

@@ -12,7 +12,7 @@ Heavy modules (torch, matplotlib) load on first use, so importing this package s
 
 from __future__ import annotations
 
-from typing import Any
+from clipstack.lazy import lazy_attributes
 
 _LAZY = {
     "evaluate": "clipstack.evaluate.api",
@@ -25,12 +25,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'clipstack.evaluate' has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, _LAZY)
 
 
 __all__ = list(_LAZY)

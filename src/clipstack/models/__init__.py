@@ -12,8 +12,9 @@ Names resolve on first use, so `import clipstack.models.cli` (and `clipstack --h
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from clipstack.lazy import lazy_attributes
 
 _LAZY = {
     "CLIP": "clipstack.models.clip",
@@ -44,10 +45,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from clipstack.models.tokenizer import Tokenizer  # noqa: F401
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'clipstack.models' has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, _LAZY)
 
 
 __all__ = list(_LAZY)

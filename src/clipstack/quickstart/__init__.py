@@ -12,17 +12,14 @@ settings are refused.
 from __future__ import annotations
 
 import argparse
-import importlib
-from typing import Any
+
+from clipstack.lazy import lazy_attributes
 
 _LAZY = {"QuickstartSettings": "clipstack.quickstart.pipeline", "run_quickstart": "clipstack.quickstart.pipeline",
          "write_report": "clipstack.quickstart.report"}
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'clipstack.quickstart' has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, _LAZY)
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -10,8 +10,7 @@ Names resolve on first use, so importing this package (and `clipstack --help`) l
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from clipstack.lazy import lazy_attributes
 
 _LAZY = {
     "embed_shards": "clipstack.search.embed",
@@ -26,10 +25,7 @@ _LAZY = {
 _ALIASES = {"embed_shards": "embed"}  # the module `embed` would shadow a function of the same name
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), _ALIASES.get(name, name))
-    raise AttributeError(f"module 'clipstack.search' has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, _LAZY, _ALIASES)
 
 
 __all__ = list(_LAZY)
