@@ -78,12 +78,16 @@ def _coerce(config: TrainConfig | dict | str | Path) -> TrainConfig:
 
 def train(config: TrainConfig | dict | str | Path, callbacks: list[Any] | None = None) -> TrainResult:
     """Train a dual encoder as `config` says; return the run folder, export path and last metrics."""
-    from clipstack.train.distributed import cleanup, init_distributed
+    from clipstack.train.distributed import barrier, cleanup, init_distributed
 
     cfg = _coerce(config)
     info = init_distributed(cfg.distributed.backend, cfg.precision.device)
     try:
-        return _Run(cfg, info, as_callbacks(callbacks)).run()
+        result = _Run(cfg, info, as_callbacks(callbacks)).run()
+        # Every rank finishes its last collective before any tears the group down: a rank that destroys
+        # it while a peer still talks to it can abort that peer ("terminate called ...") on a busy machine.
+        barrier(info)
+        return result
     finally:
         cleanup(info)
 
