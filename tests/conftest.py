@@ -22,6 +22,17 @@ if torch.version.cuda is None:
         pass
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """For modules of tiny models (`pytestmark = pytest.mark.usefixtures("one_torch_thread")`): they gain
+    nothing from a second thread, and on 2 shared cores OpenMP threads waiting on each other make every op
+    several times slower. The setting is restored after the module."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(autouse=True)
 def _seed_everything():
     torch.manual_seed(0)

@@ -13,14 +13,7 @@ from clipstack.data.loader import LoaderSpec, TrainLoader, merge_stats, resolve_
 from clipstack.data.shards import Sample, write_shard, write_sizes
 from clipstack.errors import DataError
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny tensors: a second intra-op thread only spins against the other jobs on a 2-core machine.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -10,15 +10,7 @@ import torch
 from clipstack.errors import ConfigError
 from clipstack.models import CLIP, create_model, get_model_config, get_tokenizer, list_models
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from a second thread, and on 2 shared cores OpenMP threads waiting on
-    each other make every op several times slower; restore the setting afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -15,15 +15,7 @@ from clipstack.cli import main as cli_main
 from clipstack.errors import ClipstackError, ConfigError
 from clipstack.models import create_model, create_model_from_pretrained, get_tokenizer, save_pretrained
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from a second thread, and on 2 shared cores OpenMP threads waiting on
-    each other make every op several times slower; restore the setting afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 REPO = Path(__file__).resolve().parents[1]

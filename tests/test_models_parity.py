@@ -14,14 +14,7 @@ from clipstack.models import create_model, get_model_config, get_tokenizer, save
 open_clip = pytest.importorskip("open_clip")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from a second thread, and on 2 shared cores OpenMP threads waiting on
-    each other make every op several times slower; restore the setting afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 ATOL = 1e-5

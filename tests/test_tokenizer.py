@@ -11,15 +11,7 @@ from clipstack.errors import ConfigError
 from clipstack.models import Tokenizer, get_tokenizer
 from clipstack.models.tokenizer import BPE_PATH
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from a second thread, and on 2 shared cores OpenMP threads waiting on
-    each other make every op several times slower; restore the setting afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 HARD_STRINGS = [
