@@ -122,3 +122,23 @@ def test_weighted_sources_and_several_captions(tools, shards, tmp_path):
         merge_stats(totals, batch["stats"])
     share = totals["per_source"]["a"] / 80
     assert 0.6 < share < 0.9  # weight 3:1 -> 0.75
+
+
+def test_hard_negative_slot_follows_the_captions(tools, shards):
+    from clipstack.data.negatives import WordSwap
+
+    transform, tokenizer = tools
+    spec = _spec(tools, shards, steps=8, captions_per_image=1, negatives=WordSwap(["square,circle"]))
+    totals: dict = {}
+    for batch in TrainLoader(spec, epoch=0):
+        assert batch["texts"].shape == (4, 2, 32)
+        merge_stats(totals, batch["stats"])
+        for caption, negative in batch["texts"].tolist():
+            decoded = tokenizer.decode(caption) if hasattr(tokenizer, "decode") else None
+            if negative == tokenizer([""])[0].tolist():
+                continue  # no "square" in the picked caption: the empty caption stands in
+            # Same tokens but one: "square" -> "circle".
+            assert sum(a != b for a, b in zip(caption, negative)) == 1, decoded
+    counts = totals["counts"]
+    assert counts["hard_negative"] + counts["no_hard_negative"] == counts["kept"] == 32
+    assert 0 < counts["hard_negative"] < 32  # one of the two captions of each sample names a square

@@ -88,6 +88,23 @@ def test_siglip_loss_first_principles():
     torch.testing.assert_close(SigLipLoss()(img, txt, scale, bias), expected)
 
 
+def test_hard_negatives_are_extra_image_to_text_columns():
+    img, txt = _features(6, 4)
+    neg = F.normalize(txt + 0.5 * _features(6, 4, seed=1)[0], dim=-1)
+    scale = torch.tensor(5.0, dtype=torch.float64)
+    # NegCLIP: image i's softmax runs over the 6 true texts and the 6 negatives; texts see images only.
+    per_image = scale * img @ torch.cat([txt, neg]).T
+    labels = torch.arange(6)
+    expected = (F.cross_entropy(per_image, labels) + F.cross_entropy(scale * txt @ img.T, labels)) / 2
+    torch.testing.assert_close(ClipLoss()(img, txt, scale, negatives=neg), expected)
+    assert ClipLoss()(img, txt, scale, negatives=neg) > ClipLoss()(img, txt, scale)
+    # SigLIP: each image's own negative is one more negative pair.
+    bias = torch.tensor(-2.0, dtype=torch.float64)
+    own = scale * (img * neg).sum(-1) + bias
+    torch.testing.assert_close(SigLipLoss()(img, txt, scale, bias, negatives=neg),
+                               SigLipLoss()(img, txt, scale, bias) + F.softplus(own).sum() / 6)
+
+
 def test_clamp_logit_scale_after_step():
     model = torch.nn.Module()
     model.logit_scale = torch.nn.Parameter(torch.tensor(7.0))
@@ -134,12 +151,27 @@ def _dist_worker(rank: int, world: int, port: int, per_rank: int) -> None:
             ("siglip bidir", SigLipLoss(), SigLipLoss(world_size=1, rank=0), math.log(10.0), -10.0),
             ("siglip shift", SigLipLoss(bidir=False), SigLipLoss(world_size=1, rank=0), math.log(10.0), -10.0),
         ]
-        for name, dist_loss, ref_loss, log_s, b in cases:
+        cases += [(f"{name} + hard negatives", d, r, log_s, b, True) for name, d, r, log_s, b in [
+            ("clip local", ClipLoss(local_loss=True, gather_with_grad=True), ClipLoss(world_size=1, rank=0),
+             math.log(1 / 0.07), None),
+            ("clip global", ClipLoss(local_loss=False, gather_with_grad=True), ClipLoss(world_size=1, rank=0),
+             math.log(1 / 0.07), None),
+            ("siglip", SigLipLoss(), SigLipLoss(world_size=1, rank=0), math.log(10.0), -10.0),
+        ]]
+        for name, dist_loss, ref_loss, log_s, b, *with_neg in cases:
             assert dist_loss.world_size == world and dist_loss.rank == rank, name
             log_scale = torch.tensor(log_s, dtype=torch.float64)
             bias = None if b is None else torch.tensor(b, dtype=torch.float64)
-            ref, ref_grads = _loss_and_grads(ref_loss, img, txt, log_scale, bias)
-            local, grads = _loss_and_grads(dist_loss, img[rows], txt[rows], log_scale, bias)
+            if with_neg:
+                # Each text's negative is a fixed function of that text (its features rolled), so the
+                # negatives' gradients flow into, and are checked through, the text gradients.
+                def with_negatives(fn):
+                    return lambda i, t, s, b_: fn(i, t, s, b_, negatives=t.roll(1, dims=-1))
+                ref, ref_grads = _loss_and_grads(with_negatives(ref_loss), img, txt, log_scale, bias)
+                local, grads = _loss_and_grads(with_negatives(dist_loss), img[rows], txt[rows], log_scale, bias)
+            else:
+                ref, ref_grads = _loss_and_grads(ref_loss, img, txt, log_scale, bias)
+                local, grads = _loss_and_grads(dist_loss, img[rows], txt[rows], log_scale, bias)
             # DDP averages over ranks: the mean of the rank losses / gradients is what the model sees.
             mean_loss = local.clone()
             dist.all_reduce(mean_loss)

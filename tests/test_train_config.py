@@ -40,6 +40,10 @@ def test_sources_from_json_become_dataclasses(tmp_path):
     ({"precision.dtype": "fp8"}, "precision.dtype", "must be fp32, bf16 or fp16"),
     ({"optim.lrr": "1"}, "optim.lrr", "did you mean optim.lr"),
     ({"data.sources": '[{"urls": "a.tar", "weight": 0}]'}, "data.sources[0].weight", "must be > 0"),
+    ({"data.augment_ratio": "[1.5, 1]"}, "data.augment_ratio", "0 < min <= max"),
+    # A bare comma list is one word per group: the message says how to pass groups.
+    ({"data.hard_negatives": "circle,square"}, "data.hard_negatives[0]", "give groups as JSON"),
+    ({"data.hard_negatives": '["circle,square", "square,star"]'}, "data.hard_negatives[1]", "already in group 0"),
 ])
 def test_bad_values_name_the_field(overrides, field, reason):
     base = {"data": {"urls": "x.tar"}}

@@ -90,3 +90,20 @@ def test_siglip_time_budget_and_plot_command(shards, tmp_path, capsys):
     assert main(["plot", str(result.run_dir), "--out", str(tmp_path / "plots")]) == 0
     assert (tmp_path / "plots" / "logit_bias.png").is_file()
     assert "temperature.png" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("model", ["clip-tiny", "siglip-tiny"])
+def test_hard_negatives_with_several_captions_and_accumulation(shards, tmp_path, model):
+    cfg = tiny_config(tmp_path / "run", str(shards), model={"name": model},
+                      data={"urls": str(shards), "batch_size": 8, "workers": 0, "captions_per_image": 2,
+                            "hard_negatives": ["square,circle,triangle"]},
+                      optim={"lr": 1e-3, "accum_freq": 2},
+                      schedule={"epochs": 2, "max_steps": 3, "warmup_steps": 1},
+                      checkpoint={"every_steps": 100, "keep_last": 1, "export": False},
+                      logging={"run_dir": str(tmp_path / "run"), "progress": False, "plots": False})
+    result = train(cfg)
+    assert result.step == 3
+    counts = result.data_stats["counts"]
+    assert counts["hard_negative"] + counts.get("no_hard_negative", 0) == counts["kept"] == 24
+    assert counts["hard_negative"] > 0
+    assert all(r["loss"] > 0 and r["grad_norm"] > 0 for r in read_metrics(result.run_dir))

@@ -146,3 +146,26 @@ def test_bad_options_name_the_field():
     with pytest.raises(ConfigError, match="interpolation='nearest'"):
         image_transform(224, False, interpolation="nearest")
     assert OPENAI_MEAN == (0.48145466, 0.4578275, 0.40821073)
+
+
+def test_square_crop_ratio_never_squashes_a_wide_image():
+    import torch
+    from PIL import Image, ImageDraw
+
+    from clipstack.data.transforms import image_transform
+
+    # A 3:1 image of a centred disk: open_clip's default ratio range squashes the crop to 4:3 -> the disk
+    # comes out as an ellipse; ratio (1, 1) keeps it round.
+    img = Image.new("RGB", (192, 64), (255, 255, 255))
+    ImageDraw.Draw(img).ellipse((72, 8, 120, 56), fill=(0, 0, 0))
+
+    def extents(ratio):
+        torch.manual_seed(0)
+        x = image_transform(32, is_train=True, scale=(1.0, 1.0), ratio=ratio)(img)
+        dark = x.mean(0) < 0
+        return int(dark.any(0).sum()), int(dark.any(1).sum())  # width, height of the disk in pixels
+
+    w, h = extents((1.0, 1.0))
+    assert abs(w - h) <= 1
+    w, h = extents((3 / 4, 4 / 3))
+    assert w < h - 3  # squashed horizontally by the 4:3 crop

@@ -135,6 +135,7 @@ class LoaderSpec:
     resampled: bool = False
     captions_per_image: int = 1
     steps: int = 0  # steps per epoch; 0 = from the sample counts
+    negatives: Any = None  # a `WordSwap`: one hard-negative caption per image, after the k captions
 
 
 class _Stats:
@@ -349,6 +350,12 @@ class _ReaderStream:
             texts = [c for c in sample.captions if c.strip()]
             picks = rng.sample(texts, k) if len(texts) >= k else rng.choices(texts, k=k)
             captions.extend(picks)
+            if spec.negatives:
+                negative = spec.negatives.swap(picks[0], rng)
+                # An empty caption stands in when no word swaps: a harmless, easy negative that keeps
+                # the batch rectangular.
+                captions.append(negative or "")
+                self.stats.counts["hard_negative" if negative else "no_hard_negative"] += 1
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
                 images.append(spec.transform(image))
@@ -359,8 +366,9 @@ class _ReaderStream:
             self.stats.per_source[src.name] += 1
             self.stats.per_shard[Path(url).name if _is_local(url) else url] += 1
         tokens = spec.tokenizer(captions)
-        if k > 1:
-            tokens = tokens.view(spec.batch_size, k, -1)
+        slots = k + (1 if spec.negatives else 0)
+        if slots > 1:
+            tokens = tokens.view(spec.batch_size, slots, -1)
         stats = self.stats.pop()
         stats["position"] = {self.reader: self.raw_taken}
         return {"images": torch.stack(images), "texts": tokens, "keys": keys, "stats": stats}

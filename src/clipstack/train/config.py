@@ -51,6 +51,10 @@ class DataConfig:
     captions_per_image: int = 1  # captions sampled per image per step (each a contrastive view)
     steps_per_epoch: int | None = None  # default: samples in all sources // batch_size
     augment_scale: list[float] = field(default_factory=lambda: [0.9, 1.0])  # random resized crop
+    augment_ratio: list[float] = field(default_factory=lambda: [3 / 4, 4 / 3])  # crop aspect (1,1: no squash)
+    # NegCLIP word-swap hard negatives: groups of interchangeable words, each "w1,w2,..." (CLIP loss
+    # scores each image against its caption with one group word swapped, as an extra negative text).
+    hard_negatives: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -314,6 +318,13 @@ def validate(c: TrainConfig) -> TrainConfig:
     scale = c.data.augment_scale
     _check(len(scale) == 2 and 0 < scale[0] <= scale[1] <= 1, "data.augment_scale",
            "must be [min, max] with 0 < min <= max <= 1", scale)
+    ratio = c.data.augment_ratio
+    _check(len(ratio) == 2 and 0 < ratio[0] <= ratio[1], "data.augment_ratio",
+           "must be [min, max] with 0 < min <= max", ratio)
+    if c.data.hard_negatives:
+        from clipstack.data.negatives import parse_groups
+
+        parse_groups(c.data.hard_negatives)
     if not c.data.sources:
         _check(bool(c.data.urls), "data.urls", "no training shards given (set data.urls or data.sources)",
                c.data.urls)

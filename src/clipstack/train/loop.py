@@ -39,7 +39,7 @@ class TrainResult:
 
 
 class _MultiCaption(nn.Module):
-    """Model wrapper for k captions per image: texts [B, k, ctx] are encoded as B*k rows."""
+    """Model wrapper for several texts per image: texts [B, slots, ctx] are encoded as B*slots rows."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
@@ -50,15 +50,22 @@ class _MultiCaption(nn.Module):
 
 
 class _MultiCaptionLoss(nn.Module):
-    """Mean of the contrastive loss over the k caption slots, each slot a full B x B problem."""
+    """Mean of the contrastive loss over the k caption slots, each slot a full B x B problem.
 
-    def __init__(self, base: nn.Module, k: int) -> None:
+    With `negatives`, one more slot follows the k captions: a hard-negative text per image, passed to
+    every slot's loss as extra negatives.
+    """
+
+    def __init__(self, base: nn.Module, k: int, negatives: bool = False) -> None:
         super().__init__()
-        self.base, self.k = base, k
+        self.base, self.k, self.negatives = base, k, negatives
 
     def forward(self, image_features, text_features, logit_scale, logit_bias=None):
-        per_slot = text_features.view(image_features.shape[0], self.k, -1)
-        total = sum(self.base(image_features, per_slot[:, j], logit_scale, logit_bias) for j in range(self.k))
+        slots = self.k + int(self.negatives)
+        per_slot = text_features.view(image_features.shape[0], slots, -1)
+        extra = {"negatives": per_slot[:, self.k]} if self.negatives else {}
+        total = sum(self.base(image_features, per_slot[:, j], logit_scale, logit_bias, **extra)
+                    for j in range(self.k))
         return total / self.k
 
 
@@ -128,11 +135,12 @@ class _Run:
         else:
             loss = build_loss("siglip", **dist_kw)
         self.loss_kind = kind
-        k = cfg.data.captions_per_image
-        return _MultiCaptionLoss(loss, k) if k > 1 else loss
+        k, negatives = cfg.data.captions_per_image, bool(cfg.data.hard_negatives)
+        return _MultiCaptionLoss(loss, k, negatives) if k > 1 or negatives else loss
 
     def _loader_spec(self, model):
         from clipstack.data.loader import LoaderSpec, resolve_sources, steps_per_epoch
+        from clipstack.data.negatives import WordSwap
         from clipstack.data.transforms import preprocess_from_cfg
         from clipstack.models import get_tokenizer
 
@@ -148,14 +156,16 @@ class _Run:
         sources = resolve_sources(specs)
         pre = dict(getattr(model, "preprocess_cfg", None) or {})
         pre.setdefault("size", model.image_size)
-        transform = preprocess_from_cfg(pre, is_train=True, scale=tuple(cfg.data.augment_scale))
+        transform = preprocess_from_cfg(pre, is_train=True, scale=tuple(cfg.data.augment_scale),
+                                        ratio=tuple(cfg.data.augment_ratio))
         steps = cfg.data.steps_per_epoch or steps_per_epoch(sources, cfg.data.batch_size)
         return LoaderSpec(sources=sources, batch_size=local, transform=transform,
                           tokenizer=get_tokenizer(cfg.model.name), seed=cfg.seed, rank=info.rank,
                           world_size=info.world_size, workers=cfg.data.workers,
                           shuffle_buffer=cfg.data.shuffle_buffer, shuffle_shards=cfg.data.shuffle_shards,
                           resampled=cfg.data.resampled, captions_per_image=cfg.data.captions_per_image,
-                          steps=steps)
+                          steps=steps,
+                          negatives=WordSwap(cfg.data.hard_negatives) if cfg.data.hard_negatives else None)
 
     # ---------------------------------------------------------------------------------------- the loop
 
@@ -175,7 +185,8 @@ class _Run:
         loss_fn = self._build_loss(model)
         spec = self._loader_spec(model)
         # The caption wrapper goes inside DDP, so DDP's no_sync reaches the accumulation loop.
-        net = _MultiCaption(model) if cfg.data.captions_per_image > 1 else model
+        several_texts = cfg.data.captions_per_image > 1 or bool(cfg.data.hard_negatives)
+        net = _MultiCaption(model) if several_texts else model
         wrapped = wrap_model(net, info, fsdp=cfg.distributed.fsdp)
         if cfg.model.compile:
             wrapped = torch.compile(wrapped)

@@ -140,28 +140,38 @@ class ClipLoss(nn.Module):
         return labels
 
     def logits(
-        self, image_features: Tensor, text_features: Tensor, logit_scale: Tensor, logit_bias: Tensor | None = None
+        self, image_features: Tensor, text_features: Tensor, logit_scale: Tensor, logit_bias: Tensor | None = None,
+        negatives: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
-        """(logits_per_image, logits_per_text) as this rank sees them."""
-        if self.world_size > 1:
+        """(logits_per_image, logits_per_text) as this rank sees them.
+
+        `negatives` (one hard-negative text per image, e.g. a word-swapped caption) become extra columns
+        of the image->text logits after the B true texts, as in NegCLIP; the text->image side is unchanged.
+        """
+        distributed = self.world_size > 1
+        if distributed:
             all_img = _gather(image_features, self.world_size, self.rank, self.gather_with_grad, self.group)
             all_txt = _gather(text_features, self.world_size, self.rank, self.gather_with_grad, self.group)
-            if self.local_loss:
-                per_image = logit_scale * image_features @ all_txt.T
-                per_text = logit_scale * text_features @ all_img.T
-            else:
-                per_image = logit_scale * all_img @ all_txt.T
-                per_text = per_image.T
         else:
-            # One GEMM: the text->image logits are the transpose of the image->text ones.
-            per_image = logit_scale * image_features @ text_features.T
-            per_text = per_image.T
+            all_img, all_txt = image_features, text_features
+        columns = all_txt
+        if negatives is not None:
+            all_neg = (_gather(negatives, self.world_size, self.rank, self.gather_with_grad, self.group)
+                       if distributed else negatives)
+            columns = torch.cat([all_txt, all_neg])
+        if distributed and self.local_loss:
+            per_image = logit_scale * image_features @ columns.T
+            per_text = logit_scale * text_features @ all_img.T
+        else:
+            # One GEMM: the text->image logits are the transpose of the first B image->text columns.
+            per_image = logit_scale * all_img @ columns.T
+            per_text = per_image[:, : all_txt.shape[0]].T
         if logit_bias is not None:
             per_image = per_image + logit_bias
-            if self.world_size > 1 and self.local_loss:
+            if distributed and self.local_loss:
                 per_text = per_text + logit_bias
             else:
-                per_text = per_image.T
+                per_text = per_image[:, : all_txt.shape[0]].T
         return per_image, per_text
 
     def forward(
@@ -171,8 +181,9 @@ class ClipLoss(nn.Module):
         logit_scale: Tensor,
         logit_bias: Tensor | None = None,
         output_dict: bool = False,
+        negatives: Tensor | None = None,
     ) -> Tensor | dict[str, Tensor]:
-        per_image, per_text = self.logits(image_features, text_features, logit_scale, logit_bias)
+        per_image, per_text = self.logits(image_features, text_features, logit_scale, logit_bias, negatives)
         labels = self.labels(image_features.device, per_image.shape[0])
         loss = (F.cross_entropy(per_image, labels) + F.cross_entropy(per_text, labels)) / 2
         return {"contrastive_loss": loss} if output_dict else loss
@@ -251,8 +262,16 @@ class SigLipLoss(nn.Module):
         logit_scale: Tensor,
         logit_bias: Tensor | None = None,
         output_dict: bool = False,
+        negatives: Tensor | None = None,
     ) -> Tensor | dict[str, Tensor]:
+        """`negatives`: one hard-negative text per image (e.g. its word-swapped caption), a negative pair
+        with its own image only, so it never leaves its rank."""
         loss = self._pair_loss(image_features, text_features, logit_scale, logit_bias, positives=True)
+        if negatives is not None:
+            own = logit_scale * (image_features * negatives).sum(-1)
+            if logit_bias is not None:
+                own = own + logit_bias
+            loss = loss + F.softplus(own).sum() / image_features.shape[0]
         w = self.world_size
         if w > 1:
             right = _global_rank(self.group, (self.rank + 1) % w)
