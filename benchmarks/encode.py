@@ -6,7 +6,9 @@
 Both models get identical weights (open_clip's random init, loaded into clipstack), the captions are
 real sentences tokenized by the CLIP tokenizer, and the two implementations alternate every iteration
 so load from other processes hits both alike; the table reports the median time per batch. The
-`max|diff|` column checks that the outputs agree while being timed.
+`max|diff|` column checks that the outputs agree while being timed. "fp32-packed" is clipstack's model
+after `models.inference.pack_for_inference` (what `clipstack eval`, `embed` and `serve` run on a CPU);
+open_clip stays plain fp32 in those rows.
 """
 
 from __future__ import annotations
@@ -77,15 +79,18 @@ def time_pair(fn_a, fn_b, iters: int, warmup: int) -> tuple[float, float, float]
 
 def run(name: str, batch: int, iters: int, warmup: int, precisions: list[str]) -> list[dict]:
     from clipstack.models import get_tokenizer
+    from clipstack.models.inference import pack_for_inference
 
     ours, ref = build_pair(name)
+    packed = pack_for_inference(copy.deepcopy(ours)) if "fp32-packed" in precisions else None
     image = torch.randn(batch, 3, *ours.image_size, generator=torch.Generator().manual_seed(0))
     text = get_tokenizer(name)([CAPTIONS[i % len(CAPTIONS)] for i in range(batch)])
     rows = []
     for precision in precisions:
         autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
-        for what, inputs, ours_fn, ref_fn in (("encode_image", image, ours.encode_image, ref.encode_image),
-                                             ("encode_text", text, ours.encode_text, ref.encode_text)):
+        model = packed if precision == "fp32-packed" else ours
+        for what, inputs, ours_fn, ref_fn in (("encode_image", image, model.encode_image, ref.encode_image),
+                                             ("encode_text", text, model.encode_text, ref.encode_text)):
             with torch.inference_mode(), autocast:
                 t_ours, t_ref, diff = time_pair(lambda f=ours_fn, x=inputs: f(x),
                                                 lambda f=ref_fn, x=inputs: f(x), iters, warmup)
@@ -101,7 +106,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--iters", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--precision", default="fp32,bf16", help="comma list of fp32, bf16 (CPU autocast)")
+    parser.add_argument("--precision", default="fp32,fp32-packed,bf16",
+                        help="comma list of fp32, fp32-packed (oneDNN-packed linears, what clipstack eval/embed/"
+                             "serve run on CPU), bf16 (CPU autocast)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args()
     if args.threads:

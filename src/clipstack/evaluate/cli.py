@@ -67,11 +67,13 @@ def handle_eval(args: argparse.Namespace) -> int:
     import torch
 
     from clipstack.evaluate.suite import evaluate_suite
-    from clipstack.models import create_model_from_pretrained, get_tokenizer
+    from clipstack.models import create_model_from_pretrained, get_tokenizer, pack_for_inference
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(args.seed)  # a randomly initialised model (no weights) is then the same every run
     model, preprocess = create_model_from_pretrained(args.model, pretrained=args.pretrained, device=device)
+    if device == "cpu" and args.precision == "fp32":
+        pack_for_inference(model)  # oneDNN linears; weights (and the embedding cache key) unchanged
     tokenizer = get_tokenizer(args.model)
     model_path = Path(args.model)
     results = evaluate_suite(

@@ -29,6 +29,7 @@ _LAZY = {
     "load_checkpoint": "clipstack.models.pretrained",
     "read_state_dict": "clipstack.models.pretrained",
     "save_pretrained": "clipstack.models.pretrained",
+    "pack_for_inference": "clipstack.models.inference",
 }
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -40,6 +41,7 @@ if TYPE_CHECKING:  # pragma: no cover
         create_model_from_pretrained,
         get_tokenizer,
     )
+    from clipstack.models.inference import pack_for_inference  # noqa: F401
     from clipstack.models.layers import TowerOutput  # noqa: F401
     from clipstack.models.pretrained import load_checkpoint, read_state_dict, save_pretrained  # noqa: F401
     from clipstack.models.tokenizer import Tokenizer  # noqa: F401

@@ -2,7 +2,8 @@
 
 Used by `clipstack embed` (batches of shard samples) and by the server (batches of concurrent queries).
 Inference runs under `torch.inference_mode` in float32 on CPU: exact, and fast everywhere (bf16 is
-faster only on CPUs with native bf16 such as AVX512-BF16/AMX, and 100x slower on those without).
+faster only on CPUs with native bf16 such as AVX512-BF16/AMX, and 100x slower on those without), with
+the linear layers packed for oneDNN (`models.inference`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ class Encoder:
         self.device = device
         self.model, self.preprocess = models.create_model_from_pretrained(self.name, pretrained=pretrained,
                                                                           device=device)
+        if device == "cpu":
+            models.pack_for_inference(self.model)  # oneDNN linears: ~2x encode on CPUs MKL is slow on
         self.model.eval()
         self.tokenizer = models.get_tokenizer(self.name)
         self.dim = int(self.model.embed_dim)
