@@ -14,21 +14,14 @@ Used by `clipstack eval`, `clipstack embed` and the search server on CPU in fp32
 
 from __future__ import annotations
 
-import os
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from clipstack.models.onednn import ATTR as _ATTR
+from clipstack.models.onednn import onednn_available as packing_available
+
 __all__ = ["pack_for_inference", "unpack_inference", "is_packed", "packing_available"]
-
-_ATTR = "_packed_forward"
-
-
-def packing_available() -> bool:
-    """oneDNN is built in, and not switched off (`CLIPSTACK_NO_ONEDNN=1` or `torch.backends.mkldnn`)."""
-    return (torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
-            and os.environ.get("CLIPSTACK_NO_ONEDNN", "") in ("", "0"))
 
 
 class _OneDNNLinear:
@@ -77,11 +70,11 @@ def pack_for_inference(model: nn.Module) -> nn.Module:
 def unpack_inference(model: nn.Module) -> nn.Module:
     """Undo `pack_for_inference` (before training or changing weights again)."""
     for module in model.modules():
-        if _ATTR in module.__dict__:
+        if isinstance(module.__dict__.get(_ATTR), _OneDNNLinear):
             del module.__dict__[_ATTR]
             module.__dict__.pop("forward", None)
     return model
 
 
 def is_packed(model: nn.Module) -> bool:
-    return any(_ATTR in m.__dict__ for m in model.modules())
+    return any(isinstance(m.__dict__.get(_ATTR), _OneDNNLinear) for m in model.modules())

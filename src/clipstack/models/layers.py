@@ -74,8 +74,9 @@ class Attention(nn.Module):
         n_queries: int | None = None,
     ) -> torch.Tensor:
         B, N, C = x.shape
-        packed = self.__dict__.get("_packed_forward")  # set by models.inference.pack_for_inference
-        qkv = packed(x) if packed is not None else F.linear(x, self.in_proj_weight, self.in_proj_bias)
+        # An instance override (models.onednn / models.inference) runs the projection on oneDNN.
+        override = self.__dict__.get("linear_override")
+        qkv = override(x) if override is not None else F.linear(x, self.in_proj_weight, self.in_proj_bias)
         q, k, v = qkv.view(B, N, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
         if n_queries is not None:
             if is_causal:

@@ -119,7 +119,17 @@ class _Run:
             model.lock_text_tower()
         if cfg.model.grad_checkpointing:
             model.set_grad_checkpointing(True)
-        return model.to(self.info.device)
+        model = model.to(self.info.device)
+        self.onednn_linears = 0
+        onednn = cfg.precision.onednn
+        if onednn == "auto":
+            onednn = "on" if (self.info.device.type == "cpu" and cfg.precision.dtype == "fp32"
+                              and not cfg.distributed.fsdp and not cfg.model.compile) else "off"
+        if onednn == "on":
+            from clipstack.models.onednn import use_onednn
+
+            self.onednn_linears = use_onednn(model)
+        return model
 
     def _build_loss(self, model) -> nn.Module:
         from clipstack.train.losses import build_loss
@@ -230,6 +240,7 @@ class _Run:
             write_run_config(self.run_dir, cfg.to_dict(), dict(getattr(model, "model_config", {}) or {}), {
                 "world_size": info.world_size, "loss": self.loss_kind, "steps_per_epoch": spec.steps,
                 "total_steps": total, "resumed_from": str(resume_from) if resume_from else None,
+                "onednn_linears": self.onednn_linears,
             })
         self.log = MetricsLog(self.run_dir, info.is_main, self.step if resume_from else None,
                               cfg.logging.tensorboard)
