@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from clipstack.models.onednn import ATTR as _ATTR
+from clipstack.models.onednn import _servable
 from clipstack.models.onednn import onednn_available as packing_available
 
 __all__ = ["pack_for_inference", "unpack_inference", "is_packed", "packing_available"]
@@ -35,7 +36,7 @@ class _OneDNNLinear:
             self.bias = (bias.detach() if bias is not None else zeros).to_mkldnn()
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dtype != torch.float32 or x.device.type != "cpu":  # e.g. under bf16 autocast: the usual path
+        if not _servable(x, self.dense_weight):  # e.g. under bf16 autocast: the usual (bf16) path
             return F.linear(x, self.dense_weight, self.dense_bias)
         return torch._C._nn.mkldnn_linear(x.contiguous().to_mkldnn(), self.weight, self.bias).to_dense()
 
