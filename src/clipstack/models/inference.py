@@ -2,7 +2,7 @@
 
 PyTorch's fp32 `F.linear` on CPU calls MKL's sgemm. On CPUs MKL does not tune for (AMD EPYC here) that
 runs at about half the speed of oneDNN's kernels: 96 vs 197 GFLOP/s per core for a ViT-B MLP layer,
-which makes ViT-B-32 `encode_image` 1.5x faster end to end (docs/BENCHMARKS.md). `pack_for_inference`
+which makes ViT-B-32 `encode_image` ~2x faster end to end (docs/BENCHMARKS.md). `pack_for_inference`
 gives each `nn.Linear`, and the fused QKV projection of each attention layer, a copy of its weights in
 oneDNN's layout and routes the forward through it. The parameters themselves are untouched, so
 `state_dict()`, checkpoints and weight fingerprints are those of the original model; outputs agree to
@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from clipstack.models.onednn import ATTR as _ATTR
-from clipstack.models.onednn import _servable
+from clipstack.models.onednn import _mkldnn, _servable, clear_override, linear_layers, set_override
 from clipstack.models.onednn import onednn_available as packing_available
 
 __all__ = ["pack_for_inference", "unpack_inference", "is_packed", "packing_available"]
@@ -31,9 +31,8 @@ class _OneDNNLinear:
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
         self.dense_weight, self.dense_bias = weight, bias
         with torch.no_grad():
-            self.weight = weight.detach().to_mkldnn()
-            zeros = torch.zeros(weight.shape[0], dtype=weight.dtype)
-            self.bias = (bias.detach() if bias is not None else zeros).to_mkldnn()
+            self.weight = _mkldnn(weight.detach())
+            self.bias = _mkldnn(bias.detach() if bias is not None else torch.zeros(weight.shape[0]))
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if not _servable(x, self.dense_weight):  # e.g. under bf16 autocast: the usual (bf16) path
@@ -50,32 +49,19 @@ def pack_for_inference(model: nn.Module) -> nn.Module:
     model.eval()
     if not packing_available():
         return model
-    from clipstack.models.layers import Attention
-
-    for module in model.modules():
-        if isinstance(module, nn.Linear):
-            weight, bias = module.weight, module.bias
-        elif isinstance(module, Attention):
-            weight, bias = module.in_proj_weight, module.in_proj_bias
-        else:
-            continue
-        if weight.device.type != "cpu" or weight.dtype != torch.float32:
-            continue
-        # A plain attribute, not a submodule: state_dict() and .parameters() stay the model's own.
-        object.__setattr__(module, _ATTR, _OneDNNLinear(weight, bias))
-        if isinstance(module, nn.Linear):
-            object.__setattr__(module, "forward", module.__dict__[_ATTR])
+    for module, weight_name, bias_name in linear_layers(model):
+        weight = getattr(module, weight_name)
+        if weight.device.type == "cpu" and weight.dtype == torch.float32:
+            set_override(module, _OneDNNLinear(weight, getattr(module, bias_name)))
     return model
 
 
 def unpack_inference(model: nn.Module) -> nn.Module:
     """Undo `pack_for_inference` (before training or changing weights again)."""
-    for module in model.modules():
-        if isinstance(module.__dict__.get(_ATTR), _OneDNNLinear):
-            del module.__dict__[_ATTR]
-            module.__dict__.pop("forward", None)
+    for module, _, _ in linear_layers(model):
+        clear_override(module, _OneDNNLinear)
     return model
 
 
 def is_packed(model: nn.Module) -> bool:
-    return any(isinstance(m.__dict__.get(_ATTR), _OneDNNLinear) for m in model.modules())
+    return any(isinstance(m.__dict__.get(_ATTR), _OneDNNLinear) for m, _, _ in linear_layers(model))

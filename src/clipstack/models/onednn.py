@@ -85,27 +85,39 @@ class _Route:
         return onednn_linear(x, getattr(self.module, self.weight), getattr(self.module, self.bias))
 
 
-def use_onednn(model: nn.Module, enabled: bool = True, min_features: int = 256) -> int:
-    """Route (or, with `enabled=False`, un-route) the large linear layers; return how many are routed."""
+def linear_layers(model: nn.Module):
+    """Yield (module, weight name, bias name) for every nn.Linear and every attention's fused QKV."""
     from clipstack.models.layers import Attention
 
-    routed = 0
     for module in model.modules():
         if isinstance(module, nn.Linear):
-            weight, names = module.weight, ("weight", "bias")
+            yield module, "weight", "bias"
         elif isinstance(module, Attention):
-            weight, names = module.in_proj_weight, ("in_proj_weight", "in_proj_bias")
-        else:
+            yield module, "in_proj_weight", "in_proj_bias"
+
+
+def set_override(module: nn.Module, forward) -> None:
+    """Make `forward` the layer's linear map. Plain attributes, not submodules: parameters and
+    state_dict() stay the model's own."""
+    object.__setattr__(module, ATTR, forward)
+    if isinstance(module, nn.Linear):
+        object.__setattr__(module, "forward", forward)
+
+
+def clear_override(module: nn.Module, kind: type) -> None:
+    """Remove the layer's override if it is a `kind` (so packing and routing do not undo each other)."""
+    if isinstance(module.__dict__.get(ATTR), kind):
+        del module.__dict__[ATTR]
+        module.__dict__.pop("forward", None)
+
+
+def use_onednn(model: nn.Module, enabled: bool = True, min_features: int = 256) -> int:
+    """Route (or, with `enabled=False`, un-route) the large linear layers; return how many are routed."""
+    routed = 0
+    for module, weight, bias in linear_layers(model):
+        if not enabled or not onednn_available() or min(getattr(module, weight).shape) < min_features:
+            clear_override(module, _Route)
             continue
-        if not enabled or not onednn_available() or min(weight.shape) < min_features:
-            if isinstance(module.__dict__.get(ATTR), _Route):
-                del module.__dict__[ATTR]
-                module.__dict__.pop("forward", None)
-            continue
-        route = _Route(module, *names)
-        # Plain attributes, not submodules: parameters and state_dict() stay the model's own.
-        object.__setattr__(module, ATTR, route)
-        if isinstance(module, nn.Linear):
-            object.__setattr__(module, "forward", route)
+        set_override(module, _Route(module, weight, bias))
         routed += 1
     return routed
