@@ -227,7 +227,9 @@ def test_encode_text_compiles_in_one_graph_with_eager_outputs(tiny, backend):
     ({"embed_dim": 8, "vision_cfg": {"bogus": 1}, "text_cfg": {}}, "vision_cfg.bogus"),
     ({"embed_dim": 8, "vision_cfg": {}, "text_cfg": {"pool_type": "mean"}}, "pool_type"),
     ({"vision_cfg": {}, "text_cfg": {}}, "embed_dim"),
-    ({"embed_dim": 8, "vision_cfg": {"layers": [3, 4, 6, 3]}, "text_cfg": {}}, "ResNet"),
+    ({"embed_dim": 8, "vision_cfg": {"layers": [3, 4, 6]}, "text_cfg": {}}, "vision_cfg.layers"),
+    ({"embed_dim": 8, "vision_cfg": {}, "text_cfg": {"layers": [1, 2]}}, "text_cfg.layers"),
+    ({"embed_dim": 8, "vision_cfg": {"patch_size": None}, "text_cfg": {}}, "vision_cfg.patch_size"),
 ])
 def test_bad_configs_name_the_field(cfg, field):
     with pytest.raises(ConfigError, match=field):

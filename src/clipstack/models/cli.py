@@ -26,6 +26,12 @@ def handler(args: argparse.Namespace) -> int:
         cfg, _, _, _ = resolve_config(name)
         v, t = cfg["vision_cfg"], cfg["text_cfg"]
         loss = "sigmoid" if cfg.get("init_logit_bias") is not None else "softmax"
-        print(f"{name:<20} {v['image_size']:>6} {v['patch_size']:>5} {str(v['width']) + 'x' + str(v['layers']):>12} "
+        print(f"{name:<20} {v['image_size']:>6} {str(v.get('patch_size') or 'RN'):>5} "
+              f"{str(v['width']) + 'x' + _depth(v['layers']):>12} "
               f"{str(t['width']) + 'x' + str(t['layers']):>12} {cfg['embed_dim']:>5}  {loss}")
     return 0
+
+
+def _depth(layers: int | list[int]) -> str:
+    """12 for a ViT, 3-4-6-3 for a ResNet's stages."""
+    return "-".join(map(str, layers)) if isinstance(layers, list) else str(layers)

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clipstack.models.config import ModelCfg
+from clipstack.models.config import ModelCfg, is_resnet
 from clipstack.models.layers import TowerOutput, act_layer_for
 from clipstack.models.text import TextTransformer
 from clipstack.models.vision import VisionTransformer
@@ -27,7 +27,12 @@ class CLIP(nn.Module):
         super().__init__()
         self.cfg = cfg
         act_layer = act_layer_for(cfg.quick_gelu)
-        self.visual = VisionTransformer(cfg.vision, cfg.embed_dim, act_layer)
+        if is_resnet(cfg.vision):
+            from clipstack.models.resnet import ModifiedResNet
+
+            self.visual: nn.Module = ModifiedResNet(cfg.vision, cfg.embed_dim)
+        else:
+            self.visual = VisionTransformer(cfg.vision, cfg.embed_dim, act_layer)
         self.text = TextTransformer(cfg.text, cfg.embed_dim, act_layer)
         self.logit_scale = nn.Parameter(torch.tensor(cfg.init_logit_scale))  # log-space temperature
         self.logit_bias = (
@@ -89,7 +94,9 @@ class CLIP(nn.Module):
         return logits, logits.T
 
     # -- training helpers -------------------------------------------------------------------------
-    def lock_image_tower(self, unlocked_groups: int = 0, freeze_bn_stats: bool = False) -> None:
+    def lock_image_tower(self, unlocked_groups: int = 0, freeze_bn_stats: bool = True) -> None:
+        """Freeze the image tower but its last `unlocked_groups` groups; a ResNet's frozen groups keep
+        their BatchNorm statistics fixed too."""
         self.visual.lock(unlocked_groups)
 
     def lock_text_tower(self, unlocked_layers: int = 0, freeze_layer_norm: bool = True) -> None:
@@ -101,6 +108,8 @@ class CLIP(nn.Module):
 
     def no_weight_decay(self) -> set[str]:
         """Parameter names that are usually excluded from weight decay (embeddings and positions)."""
+        if is_resnet(self.cfg.vision):
+            return {"visual.attnpool.positional_embedding", "text.positional_embedding"}
         return {"visual.class_embedding", "visual.positional_embedding", "text.positional_embedding"}
 
 

@@ -1,9 +1,10 @@
 """Model configs in OpenCLIP's JSON format: parse, validate, and look up the bundled ones by name.
 
 A config is `{"embed_dim", "vision_cfg", "text_cfg", optional "quick_gelu", "init_logit_bias",
-"init_logit_scale", "custom_text"}`. Fields this implementation does not support (timm or Hugging Face
-towers, attentional pooling, CoCa's text CLS token...) raise a ConfigError naming the field rather than
-being silently ignored.
+"init_logit_scale", "custom_text"}`. A list of stage depths in `vision_cfg.layers` builds a ResNet
+tower (RN50 style). Fields this implementation does not support (timm or Hugging Face towers,
+attentional pooling, CoCa's text CLS token...) raise a ConfigError naming the field rather than being
+silently ignored.
 """
 
 from __future__ import annotations
@@ -24,9 +25,9 @@ CONFIG_DIR = Path(__file__).parent / "configs"
 @dataclass
 class VisionCfg:
     image_size: int | tuple[int, int] = 224
-    patch_size: int = 16
+    patch_size: int | None = 16  # None for a ResNet tower
     width: int = 768
-    layers: int = 12
+    layers: int | list[int] = 12  # four stage depths, e.g. [3, 4, 6, 3], make a ResNet tower
     head_width: int = 64
     mlp_ratio: float = 4.0
     ls_init_value: float | None = None
@@ -91,9 +92,36 @@ def _tower_cfg(cls: type, section: str, raw: dict, source: str) -> Any:
         elif key not in _IGNORED:
             raise ConfigError(f"{source}: unknown field {section}.{key}")
     cfg = cls(**kwargs)
-    if isinstance(cfg.layers, list | tuple):
-        raise ConfigError(f"{source}: {section}.layers={cfg.layers} (a ResNet tower) is not supported")
+    if isinstance(cfg.layers, list | tuple) and section == "text_cfg":
+        raise ConfigError(f"{source}: text_cfg.layers must be a number, got {cfg.layers}")
     return cfg
+
+
+def _check_vision(vision: VisionCfg, source: str) -> None:
+    size = (vision.image_size,) * 2 if isinstance(vision.image_size, int) else tuple(vision.image_size)
+    if is_resnet(vision):
+        if len(vision.layers) != 4 or not all(isinstance(n, int) and n > 0 for n in vision.layers):
+            raise ConfigError(f"{source}: vision_cfg.layers={vision.layers}; a ResNet tower takes four "
+                              "positive stage depths, e.g. [3, 4, 6, 3]")
+        if any(s % 32 for s in size):
+            raise ConfigError(f"{source}: vision_cfg.image_size={vision.image_size}; a ResNet tower "
+                              "downsamples 32x, so use a multiple of 32")
+        if (vision.width * 32) % vision.head_width:
+            raise ConfigError(f"{source}: vision_cfg.width*32 = {vision.width * 32} is not a multiple of "
+                              f"head_width {vision.head_width}")
+        return
+    if not isinstance(vision.patch_size, int) or vision.patch_size <= 0:
+        raise ConfigError(f"{source}: vision_cfg.patch_size={vision.patch_size!r}; a ViT needs a positive size")
+    if vision.width % vision.head_width:
+        raise ConfigError(f"{source}: vision_cfg.width {vision.width} is not a multiple of "
+                          f"head_width {vision.head_width}")
+    if not 0 <= vision.patch_dropout < 1:
+        raise ConfigError(f"{source}: vision_cfg.patch_dropout={vision.patch_dropout} must be in [0, 1)")
+
+
+def is_resnet(vision: VisionCfg) -> bool:
+    """A list of stage depths means OpenCLIP's ModifiedResNet, as in its RN50 config."""
+    return isinstance(vision.layers, list | tuple)
 
 
 @dataclass
@@ -128,13 +156,9 @@ class ModelCfg:
                               "use 'argmax', 'eos', 'first' or 'last'")
         if text.proj_type not in ("linear", "none"):
             raise ConfigError(f"{source}: text_cfg.proj_type={text.proj_type!r}; use 'linear' or 'none'")
-        if vision.width % vision.head_width:
-            raise ConfigError(f"{source}: vision_cfg.width {vision.width} is not a multiple of "
-                              f"head_width {vision.head_width}")
+        _check_vision(vision, source)
         if text.width % text.heads:
             raise ConfigError(f"{source}: text_cfg.width {text.width} is not divisible by heads {text.heads}")
-        if not 0 <= vision.patch_dropout < 1:
-            raise ConfigError(f"{source}: vision_cfg.patch_dropout={vision.patch_dropout} must be in [0, 1)")
         init_bias = cfg.get("init_logit_bias")
         return cls(
             embed_dim=int(cfg["embed_dim"]),
