@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 # (the code the tests call needs only packages already in the dev extra).
 NODEPS_REFS := 'clip_benchmark>=1.6' clip-retrieval==2.45.0
 
-.PHONY: install quickstart test lint sysdeps bench clean
+.PHONY: install quickstart test lint sysdeps benchdeps bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -22,13 +22,22 @@ install: $(STAMP)
 # Debian packages some features use: headless Chromium (web-page test) and WordNet's database files
 # (MetaCLIP metadata). Installed when missing and we are root; otherwise those tests skip with a note.
 SYSDEPS := chromium:/usr/bin/chromium wordnet-base:/usr/share/wordnet/data.noun
-sysdeps:
-	@missing=""; for dep in $(SYSDEPS); do [ -e "$${dep#*:}" ] || missing="$$missing $${dep%%:*}"; done; \
+# $(call apt_install,package:file ...): apt-get install the packages whose file is missing, when root.
+define apt_install
+	@missing=""; for dep in $(1); do [ -e "$${dep#*:}" ] || missing="$$missing $${dep%%:*}"; done; \
 	if [ -z "$$missing" ]; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null) \
-		|| echo "note: could not install$$missing; tests that need them will be skipped"; \
-	else echo "note: missing$$missing (not root); tests that need them will be skipped"; fi
+		|| echo "note: could not install$$missing; what needs them will be skipped"; \
+	else echo "note: missing$$missing (not root); what needs them will be skipped"; fi
+endef
+
+sysdeps:
+	$(call apt_install,$(SYSDEPS))
+
+# wrk (a C load generator) for benchmarks/serve.py, which falls back to an httpx client without it.
+benchdeps:
+	$(call apt_install,wrk:/usr/bin/wrk)
 
 quickstart: install
 	$(VENV)/bin/clipstack quickstart
@@ -40,7 +49,7 @@ lint: install
 test: install sysdeps lint
 	CLIPSTACK_NO_PROGRESS=1 $(PY) -m pytest
 
-bench: install
+bench: install benchdeps
 	for b in benchmarks/*.py; do $(PY) $$b || exit 1; done
 
 clean:

@@ -117,6 +117,14 @@ def test_bad_requests_get_4xx_naming_the_field(server, body, status, field):
 def test_malformed_bodies_limits_and_paths(server):
     assert requests.post(f"{server}/knn-service", data=b"{not json", timeout=10).status_code == 422
     assert requests.post(f"{server}/knn-service", data=b"[1, 2]", timeout=10).json()["field"] == "body"
+    # UTF-8 bodies take the fast lane (KnnFastLane); other encodings JSON allows go through the FastAPI
+    # route, which must give the same answer
+    query = json.dumps({"embedding_input": [0.5] * 64, "indice_name": "vectors", "num_images": 3,
+                        "deduplicate": False})
+    fast = requests.post(f"{server}/knn-service", data=query.encode(), timeout=10)
+    routed = requests.post(f"{server}/knn-service", data=query.encode("utf-16"), timeout=10)
+    assert fast.status_code == routed.status_code == 200 and len(fast.json()) == 3
+    assert fast.json() == routed.json() and fast.headers["content-type"] == routed.headers["content-type"]
     # NaN is not JSON, but Python's parser accepts it: refused by validation, not a 5xx.
     assert requests.post(f"{server}/knn-service", data='{"embedding_input": [NaN]}').status_code == 422
     big = post(f"{server}/knn-service", {"text": "x" * 300_000})

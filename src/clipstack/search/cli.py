@@ -45,6 +45,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-body-mb", type=float, default=16.0, help="largest request body")
     p.add_argument("--max-image-mb", type=float, default=8.0, help="largest decoded query image")
     p.add_argument("--max-batch", type=int, default=64, help="most concurrent queries run as one batch")
+    p.add_argument("--access-log", action=argparse.BooleanOptionalAction, default=True,
+                   help="log one line per request (default on; off saves ~0.1 ms a request)")
     p.set_defaults(func=_serve)
 
 
@@ -96,5 +98,5 @@ def _serve(args: argparse.Namespace) -> int:
                           max_image_bytes=int(args.max_image_mb * 2**20), max_batch=args.max_batch)
     app = create_app(build_engine(config), config)
     print(f"serving {', '.join(indices)} on http://{args.host}:{args.port}/", file=sys.stderr)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info", access_log=args.access_log)
     return 0

@@ -21,11 +21,14 @@ import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
+import pydantic_core
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
@@ -152,6 +155,76 @@ class ObserveMiddleware:
             self.metrics.observe_request(route, status, time.perf_counter() - start)
 
 
+class _FastJSONRequest(Request):
+    """A request whose JSON body is parsed by pydantic-core (Rust): a 512-float `embedding_input` parses
+    in ~10 us instead of the standard library's ~100 us, a large share of a sub-millisecond search."""
+
+    async def json(self) -> Any:
+        if not hasattr(self, "_json"):
+            body = await self.body()
+            try:
+                self._json = pydantic_core.from_json(body)
+            except ValueError:
+                self._json = json.loads(body)  # other encodings, or the standard JSONDecodeError (a 422)
+        return self._json
+
+
+class FastJSONRoute(APIRoute):
+    def get_route_handler(self):
+        handler = super().get_route_handler()
+
+        async def route(request: Request) -> Response:
+            return await handler(_FastJSONRequest(request.scope, request.receive))
+
+        return route
+
+
+class KnnFastLane:
+    """POST /knn-service straight to the query, past FastAPI's routing, dependency solving and exception
+    middleware: ~0.4 ms a request on 2 cores, more than an IVF search takes. A body that does not parse
+    and validate goes on to the FastAPI route, so every error reads exactly as it does there."""
+
+    def __init__(self, app, answer, route_path: str = "/knn-service"):
+        self.app, self.answer, self.route_path = app, answer, route_path
+        self.route = SimpleNamespace(path=route_path)  # what ObserveMiddleware labels metrics with
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope.get("method") != "POST" or scope.get("path") != self.route_path:
+            return await self.app(scope, receive, send)
+        chunks = []
+        try:
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    return
+                chunks.append(message.get("body", b""))
+                if not message.get("more_body"):
+                    break
+        except BodyTooLarge as exn:
+            return await _error(413, str(exn.detail), "body")(scope, receive, send)
+        body = b"".join(chunks)
+        try:
+            req = KnnRequest.model_validate_json(body)
+        except ValueError:  # not JSON, not UTF-8, or invalid: the route says why, as always
+            return await self.app(scope, _replay(body, receive), send)
+        scope["route"] = self.route
+        try:
+            response = await self.answer(req)
+        except QueryError as exn:
+            response = _error(exn.status, exn.message, exn.field)
+        await response(scope, receive, send)
+
+
+def _replay(body: bytes, receive):
+    """An ASGI receive that gives `body` once, then whatever the connection says next."""
+    pending = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def replay():
+        return pending.pop() if pending else await receive()
+
+    return replay
+
+
 def _error(status: int, message: str, field_name: str | None = None) -> JSONResponse:
     return JSONResponse({"error": message, "field": field_name}, status_code=status)
 
@@ -176,34 +249,7 @@ def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
 
     app = FastAPI(title="clipstack search", version="1", lifespan=lifespan,
                   description="clip-retrieval-compatible k-NN search over clipstack indices.")
-    app.add_middleware(BodyLimitMiddleware, max_bytes=config.max_body_bytes)
-
-    app.add_middleware(ObserveMiddleware, metrics=metrics)
-
-    @app.exception_handler(RequestValidationError)
-    async def on_validation(request: Request, exn: RequestValidationError):
-        errors = exn.errors()
-        first = errors[0] if errors else {}
-        loc = [str(p) for p in first.get("loc", ()) if p != "body"]
-        name = loc[0] if loc else "body"
-        message = f"{'.'.join(loc) or 'body'}: {first.get('msg', 'invalid request')}"
-        details = [{"field": ".".join(str(p) for p in e.get("loc", ()) if p != "body") or "body",
-                    "message": str(e.get("msg", ""))} for e in errors[:20]]
-        return JSONResponse({"error": message, "field": name, "errors": details}, status_code=422)
-
-    @app.exception_handler(HTTPException)
-    async def on_http(request: Request, exn: HTTPException):
-        field_name = "body" if exn.status_code in (400, 413) else None
-        return _error(exn.status_code, str(exn.detail), field_name)
-
-    @app.exception_handler(QueryError)
-    async def on_query(request: Request, exn: QueryError):
-        return _error(exn.status, exn.message, exn.field)
-
-    @app.exception_handler(Exception)
-    async def on_bug(request: Request, exn: Exception):  # a 5xx is a bug; keep serving and say so
-        log.exception("internal error on %s", request.url.path)
-        return _error(500, f"internal error ({type(exn).__name__}); please report it")
+    app.router.route_class = FastJSONRoute
 
     def index_name(name: str | None) -> str:
         name = name or default_index
@@ -211,8 +257,7 @@ def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
             raise QueryError("indice_name", f"unknown index {name!r}; see /indices-list", 404)
         return name
 
-    @app.post("/knn-service", responses=ERRORS, summary="k-NN search (clip-retrieval compatible)")
-    async def knn_service(req: KnnRequest) -> Response:
+    async def answer_knn(req: KnnRequest) -> Response:
         given = [n for n in ("text", "image", "image_url", "embedding_input") if getattr(req, n)]
         if len(given) != 1:
             raise QueryError("text", "send exactly one of text, image, image_url, embedding_input "
@@ -243,6 +288,40 @@ def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
             metrics.ignored_fields[name] += 1
         headers = {"X-Clipstack-Ignored": ",".join(ignored)} if ignored else {}
         return JSONResponse(results, headers=headers)
+
+    app.add_middleware(KnnFastLane, answer=answer_knn)  # innermost: inside the body limit and metrics
+    app.add_middleware(BodyLimitMiddleware, max_bytes=config.max_body_bytes)
+
+    app.add_middleware(ObserveMiddleware, metrics=metrics)
+
+    @app.exception_handler(RequestValidationError)
+    async def on_validation(request: Request, exn: RequestValidationError):
+        errors = exn.errors()
+        first = errors[0] if errors else {}
+        loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+        name = loc[0] if loc else "body"
+        message = f"{'.'.join(loc) or 'body'}: {first.get('msg', 'invalid request')}"
+        details = [{"field": ".".join(str(p) for p in e.get("loc", ()) if p != "body") or "body",
+                    "message": str(e.get("msg", ""))} for e in errors[:20]]
+        return JSONResponse({"error": message, "field": name, "errors": details}, status_code=422)
+
+    @app.exception_handler(HTTPException)
+    async def on_http(request: Request, exn: HTTPException):
+        field_name = "body" if exn.status_code in (400, 413) else None
+        return _error(exn.status_code, str(exn.detail), field_name)
+
+    @app.exception_handler(QueryError)
+    async def on_query(request: Request, exn: QueryError):
+        return _error(exn.status, exn.message, exn.field)
+
+    @app.exception_handler(Exception)
+    async def on_bug(request: Request, exn: Exception):  # a 5xx is a bug; keep serving and say so
+        log.exception("internal error on %s", request.url.path)
+        return _error(500, f"internal error ({type(exn).__name__}); please report it")
+
+    @app.post("/knn-service", responses=ERRORS, summary="k-NN search (clip-retrieval compatible)")
+    async def knn_service(req: KnnRequest) -> Response:
+        return await answer_knn(req)  # bodies that validate are answered by KnnFastLane first
 
     @app.post("/metadata", responses=ERRORS, summary="Metadata of result ids")
     async def metadata(req: MetadataRequest) -> list[dict[str, Any]]:
