@@ -17,9 +17,9 @@ from clipstack.cli import main
 from clipstack.quickstart import QuickstartSettings, run_quickstart
 
 # A shortened run: small pool and eval sets, 150 steps. The full default run is in the README.
-SHORT = QuickstartSettings(model="clip-tiny", samples=2000, eval_scale=0.25, steps=150, batch_size=64, lr=2e-3, warmup_steps=10,
+SHORT = QuickstartSettings(model="clip-tiny-rn", samples=2000, eval_scale=0.25, steps=150, batch_size=64, lr=2e-3, warmup_steps=10,
                            budget_minutes=10)
-SHORT_FLAGS = ["--model", "clip-tiny", "--samples", "2000", "--eval-scale", "0.25", "--steps", "150", "--batch-size", "64",
+SHORT_FLAGS = ["--model", "clip-tiny-rn", "--samples", "2000", "--eval-scale", "0.25", "--steps", "150", "--batch-size", "64",
                "--lr", "0.002", "--warmup-steps", "10", "--budget-minutes", "10"]
 STAGES = ["synth", "metadata", "curate", "train", "eval", "embed", "index"]
 
