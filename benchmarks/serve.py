@@ -3,13 +3,15 @@
     .venv/bin/python benchmarks/serve.py                  # 100k 512-d vectors, ~1-2 min here
     .venv/bin/python benchmarks/serve.py --rows 300000 --requests 3000 --concurrency 1 8 32
 
-`clipstack serve` runs as a separate process over two indices of the same clustered vectors: the one
-`clipstack index` picks and exact Flat. A client keeps a fixed number of requests in flight (a bounded,
+`clipstack serve` runs as a separate process over three indices of the same clustered vectors: the one
+`clipstack index` picks (IVF, nprobe for recall@10 >= 0.95), the same IVF at a wider nprobe (a slower,
+more exact search), and exact Flat. A client keeps a fixed number of requests in flight (a bounded,
 closed-loop load) and sends embedding_input queries (512 floats as JSON, k=10, no dedup, 500 distinct
 queries in turn), so the model is not part of the timing. The client is wrk (C; Debian's `wrk`, `make
 benchdeps`) when installed, which leaves the two cores to the server, else an httpx async client, whose
 own Python costs ~1 ms per request on this machine. "bare search" is the same index, loaded the same way,
-answering one query per call in this process: the floor the HTTP path adds to.
+answering one query per call in this process. "HTTP floor" is an ASGI app that reads the body and sends
+ten fixed results, under the same uvicorn and client: what any Python server pays before doing work.
 """
 
 from __future__ import annotations
@@ -120,13 +122,51 @@ def load_wrk(url: str, bodies: list[str], concurrency: int, seconds: int, tmp: P
     return int(n), int(errors), float(p50_us) / 1e6, float(p99_us) / 1e6, int(wall_us) / 1e6
 
 
-def batch_stats(url: str) -> tuple[int, float]:
+EMPTY_BODY = json.dumps([{"id": i, "similarity": 0.5, "key": f"{i:09d}", "caption": f"caption of {i:09d}"}
+                         for i in range(10)]).encode()
+
+
+async def empty_app(scope, receive, send):
+    """The HTTP floor: an ASGI app that reads the request and sends ten fixed results, nothing else."""
+    if scope["type"] == "lifespan":
+        while (await receive())["type"] != "lifespan.shutdown":
+            await send({"type": "lifespan.startup.complete"})
+        await send({"type": "lifespan.shutdown.complete"})
+        return
+    more = True
+    while more:
+        more = (await receive()).get("more_body", False)
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"application/json")]})
+    await send({"type": "http.response.body", "body": EMPTY_BODY})
+
+
+def start_server(cmd: list[str], url: str) -> subprocess.Popen:
+    server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _wait_ready(url, server)
+    return server
+
+
+def stop_server(server: subprocess.Popen) -> None:
+    server.terminate()
+    server.wait(timeout=30)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def batch_stats(url: str) -> tuple[int, float, float]:
+    """(batches, queries, seconds) the server's engine has run so far, from its /metrics."""
     import httpx
 
     text = httpx.get(f"{url}/metrics").text
     values = {line.split()[0]: float(line.split()[1]) for line in text.splitlines()
-              if line.startswith("clipstack_batch_size_")}
-    return int(values["clipstack_batch_size_count"]), values["clipstack_batch_size_sum"]
+              if line.startswith(("clipstack_batch_size_", "clipstack_batch_seconds_"))}
+    return (int(values["clipstack_batch_size_count"]), values["clipstack_batch_size_sum"],
+            values["clipstack_batch_seconds_sum"])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -140,7 +180,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="load generator (auto: wrk when installed)")
     parser.add_argument("--seconds", type=int, default=5, help="wrk: seconds per row (Flat: half)")
     parser.add_argument("--no-access-log", action="store_true", help="serve without per-request log lines")
+    parser.add_argument("--wide-nprobe", type=int, default=16,
+                        help="also serve the IVF index at this nprobe (a slower, more exact search); 0: no")
+    parser.add_argument("--empty-server", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.empty_server:
+        import uvicorn
+
+        uvicorn.run(empty_app, host="127.0.0.1", port=args.empty_server, log_level="warning")
+        return 0
     client = args.client if args.client != "auto" else ("wrk" if shutil.which("wrk") else "httpx")
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
     os.environ.setdefault("CLIPSTACK_NO_PROGRESS", "1")
@@ -152,50 +200,75 @@ def main(argv: list[str] | None = None) -> int:
         write_embeddings(root / "emb", xb)
         build_index(root / "emb", root / "auto", "4G", num_queries=200)
         build_index(root / "emb", root / "flat", "4G", num_queries=50, flat_threshold=10**9)
-        keys = {name: json.loads((root / name / "index_info.json").read_text())["modalities"]["image"]["key"]
-                for name in ("auto", "flat")}
-        (root / "indices.json").write_text(json.dumps({"auto": "auto", "flat": "flat"}))
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
+        names = ["auto"]
+        auto_info = json.loads((root / "auto" / "index_info.json").read_text())
+        if args.wide_nprobe and "nprobe" in auto_info["modalities"]["image"].get("search_params", {}):
+            shutil.copytree(root / "auto", root / "wide")
+            auto_info["modalities"]["image"]["search_params"]["nprobe"] = args.wide_nprobe
+            (root / "wide" / "index_info.json").write_text(json.dumps(auto_info))
+            names.append("wide")
+        names.append("flat")
+        labels = {}
+        for name in names:
+            info = json.loads((root / name / "index_info.json").read_text())["modalities"]["image"]
+            params = ",".join(f"{k}={v}" for k, v in info.get("search_params", {}).items())
+            labels[name] = f"{name} ({info['key']}{' ' + params if params else ''})"
+        (root / "indices.json").write_text(json.dumps({name: name for name in names}))
+
+        def measure(url: str, bodies: list[str], conc: int, seconds: int) -> tuple:
+            """(requests, errors, p50 ms, p99 ms, wall s) with the chosen client."""
+            asyncio.run(load(url, bodies[:20], conc))  # warm-up
+            if client == "wrk":
+                n_req, errors, p50, p99, wall = load_wrk(url, bodies[:500], conc, seconds, root)
+                return n_req, errors, 1000 * p50, 1000 * p99, wall
+            lat, errors, wall = asyncio.run(load(url, bodies, conc))
+            p50, p99 = (1000 * float(np.percentile(lat, p)) for p in (50, 99))
+            return len(bodies), errors, p50, p99, wall
+
+        def bodies_for(name: str, n_req: int) -> list[str]:
+            return [json.dumps({"embedding_input": xq[i % len(xq)].tolist(), "indice_name": name,
+                                "num_images": 10, "deduplicate": False}) for i in range(n_req)]
+
+        port = free_port()
         url = f"http://127.0.0.1:{port}"
-        server = subprocess.Popen([sys.executable, "-m", "clipstack", "serve", "--indices",
-                                   str(root / "indices.json"), "--port", str(port)]
-                                  + (["--no-access-log"] if args.no_access_log else []),
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        server = start_server([sys.executable, __file__, "--empty-server", str(port)], url)
         try:
-            _wait_ready(url, server)
+            floor = measure(url, bodies_for("auto", args.requests), 1, args.seconds)[2]
+        finally:
+            stop_server(server)
+
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        server = start_server([sys.executable, "-m", "clipstack", "serve", "--indices", str(root / "indices.json"),
+                               "--port", str(port)] + (["--no-access-log"] if args.no_access_log else []), url)
+        try:
             load_desc = (f"wrk, {args.seconds:g} s per row" if client == "wrk"
                          else f"httpx, {args.requests} requests per row")
             print(f"# {args.rows:,} x {args.dim} clustered vectors, k=10, embedding_input queries, "
                   f"client {load_desc}, FAISS threads {args.threads}, {os.cpu_count()} CPUs; "
                   "server and client share the machine")
+            print(f"# HTTP floor: an empty ASGI app under the same uvicorn and client, 1 in flight: "
+                  f"p50 {floor:.3f} ms")
             head = ("| index | in flight | requests | errors | p50 ms | p99 ms | QPS | bare search ms | "
-                    "p50 / bare | mean batch |")
+                    "p50 / bare | engine ms per batch | p50 - floor - engine ms | mean batch |")
             print(head)
             print("|" + "|".join("---" for _ in head.split("|")[1:-1]) + "|")
-            for name in ("auto", "flat"):
+            for name in names:
                 bare = bare_search_ms(root / name, xq[:200])
                 for conc in args.concurrency:
-                    n_req = args.requests if name == "auto" else max(100, args.requests // 5)
-                    bodies = [json.dumps({"embedding_input": xq[i % len(xq)].tolist(), "indice_name": name,
-                                          "num_images": 10, "deduplicate": False}) for i in range(n_req)]
-                    asyncio.run(load(url, bodies[:20], conc))  # warm-up
-                    count0, sum0 = batch_stats(url)
-                    if client == "wrk":
-                        seconds = args.seconds if name == "auto" else max(2, args.seconds // 2)
-                        n_req, errors, p50, p99, wall = load_wrk(url, bodies[:500], conc, seconds, root)
-                        p50, p99 = 1000 * p50, 1000 * p99
-                    else:
-                        lat, errors, wall = asyncio.run(load(url, bodies, conc))
-                        p50, p99 = (1000 * float(np.percentile(lat, p)) for p in (50, 99))
-                    count1, sum1 = batch_stats(url)
-                    print(f"| {name} ({keys[name]}) | {conc} | {n_req} | {errors} | {p50:.2f} | {p99:.2f} | "
-                          f"{n_req / wall:.0f} | {bare:.3f} | {p50 / bare:.1f}x | "
-                          f"{(sum1 - sum0) / max(1, count1 - count0):.1f} |", flush=True)
+                    n_req = args.requests if name != "flat" else max(100, args.requests // 5)
+                    seconds = args.seconds if name != "flat" else max(2, args.seconds // 2)
+                    count0, sum0, secs0 = batch_stats(url)
+                    n_req, errors, p50, p99, wall = measure(url, bodies_for(name, n_req), conc, seconds)
+                    count1, sum1, secs1 = batch_stats(url)
+                    batches = max(1, count1 - count0)
+                    engine = 1000 * (secs1 - secs0) / batches
+                    own = f"{p50 - floor - engine:.3f}" if conc == 1 else "-"
+                    print(f"| {labels[name]} | {conc} | {n_req} | {errors} | {p50:.2f} | {p99:.2f} | "
+                          f"{n_req / wall:.0f} | {bare:.3f} | {p50 / bare:.1f}x | {engine:.3f} | {own} | "
+                          f"{(sum1 - sum0) / batches:.1f} |", flush=True)
         finally:
-            server.terminate()
-            server.wait(timeout=30)
+            stop_server(server)
     return 0
 
 

@@ -166,6 +166,9 @@ def test_concurrent_queries_are_batched_and_match_sequential(server):
     sum_ = float(next(line.split()[-1] for line in metrics.splitlines()
                       if line.startswith("clipstack_batch_size_sum")))
     assert sum_ > count, "concurrent queries never shared a batch"
+    seconds_count = int(next(line.split()[-1] for line in metrics.splitlines()
+                             if line.startswith("clipstack_batch_seconds_count")))
+    assert seconds_count == count, "every batch is timed"
 
 
 def test_indices_json_errors(tmp_path):

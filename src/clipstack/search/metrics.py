@@ -1,7 +1,9 @@
 """Server metrics in Prometheus' text exposition format (version 0.0.4), without a client library.
 
 Counters of requests by route and status, a latency histogram per route, and a histogram of how many
-queries the engine answered per batch. Everything is updated from the event loop thread only.
+queries the engine answered per batch and of the seconds each batch took (encode, search and lookup:
+the server's own work, without HTTP). Request counters are updated on the event loop thread, batch
+histograms by whichever thread ran the batch; the engine never runs two batches at once.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from collections import defaultdict
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+BATCH_SECONDS_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 
 
 class Histogram:
@@ -41,12 +44,17 @@ class Metrics:
         self.requests: dict[tuple[str, int], int] = defaultdict(int)
         self.latency: dict[str, Histogram] = {}
         self.batches = Histogram(BATCH_BUCKETS)
+        self.batch_seconds = Histogram(BATCH_SECONDS_BUCKETS)
         self.queries: dict[str, int] = defaultdict(int)
         self.ignored_fields: dict[str, int] = defaultdict(int)
 
     def observe_request(self, route: str, status: int, seconds: float) -> None:
         self.requests[(route, status)] += 1
         self.latency.setdefault(route, Histogram(LATENCY_BUCKETS)).observe(seconds)
+
+    def observe_batch(self, queries: int, seconds: float) -> None:
+        self.batches.observe(queries)
+        self.batch_seconds.observe(seconds)
 
     def render(self, gauges: dict[str, float] | None = None) -> str:
         lines = ["# HELP clipstack_requests_total HTTP requests by route and status code.",
@@ -59,6 +67,9 @@ class Metrics:
             lines += hist.lines("clipstack_request_seconds", f'route="{route}"')
         lines += ["# HELP clipstack_batch_size Queries answered per engine batch.",
                   "# TYPE clipstack_batch_size histogram", *self.batches.lines("clipstack_batch_size")]
+        lines += ["# HELP clipstack_batch_seconds Seconds per engine batch: encode, search, lookup.",
+                  "# TYPE clipstack_batch_seconds histogram",
+                  *self.batch_seconds.lines("clipstack_batch_seconds")]
         lines += ["# HELP clipstack_queries_total Search queries by kind (text, image, vector).",
                   "# TYPE clipstack_queries_total counter"]
         lines += [f'clipstack_queries_total{{kind="{k}"}} {v}' for k, v in sorted(self.queries.items())]

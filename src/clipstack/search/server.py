@@ -237,7 +237,7 @@ def _load_static() -> dict[str, bytes]:
 
 def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
     metrics = Metrics()
-    engine.on_batch = metrics.batches.observe
+    engine.on_batch = metrics.observe_batch
     static = _load_static()
     default_index = next(iter(engine.indices), None)
 
@@ -287,7 +287,9 @@ def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
         for name in ignored:
             metrics.ignored_fields[name] += 1
         headers = {"X-Clipstack-Ignored": ",".join(ignored)} if ignored else {}
-        return JSONResponse(results, headers=headers)
+        # pydantic-core writes JSON ~5x faster than json.dumps, and writes dates and decimals that
+        # a metadata column may hold where json.dumps would raise
+        return Response(pydantic_core.to_json(results), media_type="application/json", headers=headers)
 
     app.add_middleware(KnnFastLane, answer=answer_knn)  # innermost: inside the body limit and metrics
     app.add_middleware(BodyLimitMiddleware, max_bytes=config.max_body_bytes)

@@ -1,0 +1,111 @@
+"""The query engine: batching on the worker thread, the inline path for fast vector searches, lookups."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import requests
+from _search_util import faiss_one_thread, make_emb_dir  # noqa: F401
+
+from clipstack.search import layout
+from clipstack.search.index import SearchIndex, build_index
+from clipstack.search.server import ServerConfig, ServerThread, build_engine, create_app
+from clipstack.search.service import Engine, Query
+from clipstack.search.store import FEW_ROWS, ArrowStore
+
+
+@pytest.fixture(scope="module")
+def index_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("svc")
+    vectors = make_emb_dir(root / "emb", n=600, dim=16, thumbs=False)
+    # a date and a nullable column, as real metadata parquet files carry them
+    for part in layout.list_parts(root / "emb"):
+        table = pq.read_table(layout.metadata_path(root / "emb", part))
+        rows = [int(key) for key in table["key"].to_pylist()]
+        table = table.append_column("taken", pa.array([datetime.date(2020, 1, 1 + i % 28) for i in rows]))
+        table = table.append_column("note", pa.array([None if i % 2 else f"n{i}" for i in rows]))
+        pq.write_table(table, layout.metadata_path(root / "emb", part))
+    build_index(root / "emb", root / "idx", "256M", num_queries=50)
+    return root / "idx", vectors
+
+
+def vector_query(vec, num=5) -> Query:
+    return Query(index="i", modality="image", kind="vector", payload=vec.tolist(), num_results=num,
+                 num_ids=num)
+
+
+def run(engine: Engine, queries: list[Query]) -> list:
+    async def go():
+        await engine.start()
+        try:
+            return [await engine.submit(q) for q in queries]
+        finally:
+            await engine.stop()
+
+    return asyncio.run(go())
+
+
+def test_fast_vector_searches_run_inline_with_the_same_answers(index_dir):
+    path, vectors = index_dir
+    queries = vectors["image"][:12]
+    threaded = Engine({"i": SearchIndex(path)}, {"i": None}, inline_max_s=0.0)
+    inline = Engine({"i": SearchIndex(path)}, {"i": None}, inline_max_s=10.0)
+    batches: list[tuple[int, float]] = []
+    inline.on_batch = lambda size, seconds: batches.append((size, seconds))
+    want = run(threaded, [vector_query(v) for v in queries])
+    got = run(inline, [vector_query(v) for v in queries])
+    assert threaded.inline_count == 0
+    # the first query of an index goes to the worker and measures it; the rest are answered inline
+    assert inline.inline_count == len(queries) - 1
+    assert [size for size, _ in batches] == [1] * len(queries), "inline queries count as batches of one"
+    assert all(0 < seconds < 1 for _, seconds in batches)
+    assert [[r["id"] for r in rows] for rows in got] == [[r["id"] for r in rows] for rows in want]
+    assert got == want
+    assert got[0][0]["id"] == 0 and got[0][0]["similarity"] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_inline_only_for_vectors_on_an_idle_worker(index_dir):
+    path, vectors = index_dir
+    engine = Engine({"i": SearchIndex(path)}, {"i": None}, inline_max_s=10.0)
+    run(engine, [vector_query(vectors["image"][0])])  # measures the index
+    engine._queue = asyncio.Queue()
+    assert engine._can_inline(vector_query(vectors["image"][1]))
+    text = Query(index="i", modality="image", kind="text", payload="a red square", num_results=5, num_ids=5)
+    assert not engine._can_inline(text), "a query that needs the model must go to the worker"
+    engine._busy = True
+    assert not engine._can_inline(vector_query(vectors["image"][1])), "a busy worker gets the query queued"
+    slow = Engine({"i": SearchIndex(path)}, {"i": None}, inline_max_s=1e-9)
+    run(slow, [vector_query(v) for v in vectors["image"][:4]])
+    assert slow.inline_count == 0, "an index slower than the bar stays on the worker thread"
+
+
+def test_lookup_few_and_many_rows_agree(index_dir):
+    path, _ = index_dir
+    store = ArrowStore(path / layout.METADATA_FILE)
+    ids = np.random.default_rng(0).integers(0, len(store), size=3 * FEW_ROWS).tolist()
+    many = store.take(ids)
+    few = [row for start in range(0, len(ids), FEW_ROWS) for row in store.take(ids[start:start + FEW_ROWS])]
+    assert few == many
+    assert many[0]["taken"] == datetime.date(2020, 1, 1 + ids[0] % 28)
+    assert store.take([1, 0], ["note", "key"]) == [{"note": None, "key": "000000001"},
+                                                   {"note": "n0", "key": "000000000"}]
+    assert store.take([]) == []
+
+
+def test_served_results_carry_dates_and_drop_nulls(index_dir):
+    path, vectors = index_dir
+    config = ServerConfig(indices={"i": {"index_dir": str(path), "model": None}})
+    with ServerThread(create_app(build_engine(config), config)) as url:
+        for row in (1, 2):  # the first is measured on the worker, the second runs inline
+            body = {"embedding_input": vectors["image"][row].tolist(), "num_images": 1, "deduplicate": False}
+            res = requests.post(f"{url}/knn-service", data=json.dumps(body), timeout=30)
+            assert res.status_code == 200 and res.headers["content-type"] == "application/json"
+            top = res.json()[0]
+            assert top["id"] == row and top["taken"] == f"2020-01-{1 + row % 28:02d}"
+            assert ("note" in top) == (row % 2 == 0)
