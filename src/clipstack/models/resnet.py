@@ -9,7 +9,8 @@ ViT of the same cost, which is what a few CPU minutes on 32-64 px images can aff
 
 Keys match OpenCLIP's `ModifiedResNet` (`visual.conv1.weight`, `visual.layer1.0.bn3.weight`,
 `visual.attnpool.q_proj.weight`...), so OpenAI's RN checkpoints load and ours load in open_clip.
-BatchNorm statistics are per process (as in OpenCLIP without `--use-bn-sync`).
+BatchNorm statistics are per process under DDP unless `distributed.sync_batchnorm` is set (OpenCLIP's
+`--use-bn-sync`; see clipstack.train.distributed).
 """
 
 from __future__ import annotations

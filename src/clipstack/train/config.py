@@ -93,6 +93,7 @@ class PrecisionConfig:
 class DistributedConfig:
     backend: str = "auto"  # auto (nccl on GPU, gloo on CPU) | gloo | nccl
     fsdp: bool = False  # shard with FSDP2 (fully_shard) and save sharded checkpoints
+    sync_batchnorm: bool = False  # BatchNorm statistics over the global batch (OpenCLIP's --use-bn-sync)
     local_loss: bool = True
     gather_with_grad: bool = True
 

@@ -4,6 +4,10 @@ Under `torchrun` (WORLD_SIZE > 1) the process group uses nccl on GPUs and gloo o
 wrapped with DDP, or with FSDP2 (`fully_shard` on every transformer block, then on the whole model) when
 `distributed.fsdp` is set; FSDP checkpoints go through torch.distributed.checkpoint (see checkpoint.py).
 Without torchrun everything degrades to one process and no wrapping.
+
+`distributed.sync_batchnorm` (OpenCLIP's `--use-bn-sync`) makes BatchNorm layers (ResNet towers) use
+statistics over the global batch. torch's `SyncBatchNorm` refuses CPU tensors, so `SyncBatchNorm2d`
+here is one differentiable all-reduce of per-channel sums, which works on gloo and nccl alike.
 """
 
 from __future__ import annotations
@@ -16,7 +20,8 @@ from torch import nn
 
 from clipstack.errors import ConfigError
 
-__all__ = ["DistInfo", "init_distributed", "wrap_model", "all_reduce_mean", "any_rank", "barrier", "cleanup"]
+__all__ = ["DistInfo", "init_distributed", "wrap_model", "all_reduce_mean", "any_rank", "barrier", "cleanup",
+           "SyncBatchNorm2d", "sync_batchnorm"]
 
 
 @dataclass
@@ -91,6 +96,74 @@ def wrap_model(model: nn.Module, info: DistInfo, fsdp: bool = False) -> nn.Modul
     ids = [info.device.index] if info.device.type == "cuda" else None
     # Frozen towers (LiT) have requires_grad=False, which DDP skips, so no unused-parameter search.
     return DistributedDataParallel(model, device_ids=ids)
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over ranks; the gradient of every rank's copy flows back to every input (sum again)."""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        import torch.distributed as dist
+
+        total = tensor.clone()
+        dist.all_reduce(total)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        import torch.distributed as dist
+
+        total = grad.contiguous().clone()  # the incoming gradient may be shared: never reduce it in place
+        dist.all_reduce(total)
+        return total
+
+
+class SyncBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm2d whose training-mode statistics span every rank of the default process group.
+
+    Same parameters, buffers and state_dict keys as BatchNorm2d; in eval mode, or on one process, it is
+    BatchNorm2d. The gradient flows through the shared statistics (all-reduce's backward all-reduces),
+    so DDP's averaged gradients equal a single process's on the global batch.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as dist
+
+        if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            return super().forward(x)
+        channels = x.shape[1]
+        x32 = x if x.dtype in (torch.float32, torch.float64) else x.float()  # bf16/fp16: fp32 statistics
+        # sums of (x - shift) keep E[x^2] - E[x]^2 from cancelling when |mean| >> std; the running mean
+        # is the same on every rank, so the shift cancels exactly in the combined statistics
+        shift = (self.running_mean if self.running_mean is not None else x32.new_zeros(channels)).detach()
+        centred = x32 - shift[None, :, None, None]
+        count = x32.new_tensor([x32.numel() / channels])
+        local = torch.cat([centred.sum(dim=(0, 2, 3)), (centred * centred).sum(dim=(0, 2, 3)), count])
+        total = _AllReduceSum.apply(local)
+        n = total[-1]
+        mean_shifted = total[:channels] / n
+        var = (total[channels:2 * channels] / n - mean_shifted * mean_shifted).clamp_min(0)
+        if self.track_running_stats and self.running_mean is not None:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                momentum = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+                self.running_mean.lerp_(mean_shifted + shift, momentum)
+                self.running_var.lerp_(var * n / (n - 1).clamp_min(1), momentum)
+        out = (centred - mean_shifted[None, :, None, None]) * torch.rsqrt(var + self.eps)[None, :, None, None]
+        if self.affine:
+            out = out * self.weight[None, :, None, None] + self.bias[None, :, None, None]
+        return out.to(x.dtype)
+
+
+def sync_batchnorm(model: nn.Module) -> int:
+    """Turn every BatchNorm2d of `model` into SyncBatchNorm2d in place; returns how many.
+
+    The modules keep their identity (only the class changes), so state, hooks and references held
+    elsewhere (a locked tower's list of frozen norms) stay valid."""
+    layers = [m for m in model.modules() if type(m) is nn.BatchNorm2d]
+    for module in layers:
+        module.__class__ = SyncBatchNorm2d
+    return len(layers)
 
 
 def _average_grad(param: torch.Tensor) -> None:

@@ -181,7 +181,7 @@ class _Run:
 
     def run(self) -> TrainResult:
         from clipstack.train.checkpoint import list_checkpoints, load_checkpoint, resolve_resume
-        from clipstack.train.distributed import wrap_model
+        from clipstack.train.distributed import sync_batchnorm, wrap_model
         from clipstack.train.optim import build_scheduler, create_optimizer
 
         cfg, info = self.cfg, self.info
@@ -192,6 +192,11 @@ class _Run:
             raise ClipstackError(f"logging.run_dir: {self.run_dir} already holds checkpoints; pass "
                                  f"--resume latest to continue it, or pick another run folder")
         model = self._build_model()
+        if cfg.distributed.sync_batchnorm and info.distributed:
+            synced = sync_batchnorm(model)
+            if info.is_main:
+                print(f"distributed.sync_batchnorm: {synced} BatchNorm layers use global-batch statistics"
+                      + ("" if synced else " (this model has none; only ResNet towers do)"), flush=True)
         loss_fn = self._build_loss(model)
         spec = self._loader_spec(model)
         # The caption wrapper goes inside DDP, so DDP's no_sync reaches the accumulation loop.
