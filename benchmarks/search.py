@@ -3,11 +3,15 @@
     .venv/bin/python benchmarks/search.py                 # 100k rows, both distributions (~2 min here)
     .venv/bin/python benchmarks/search.py --full          # adds 1M rows (several minutes, ~8 GB RAM)
     .venv/bin/python benchmarks/search.py --sizes 1000000 --dists clustered --threads 2
+    .venv/bin/python benchmarks/search.py --dists --embeddings EMB_DIR   # a model's real embeddings only
 
 Distributions: `random` (i.i.d. normal, normalized: the worst case for any ANN index, no structure) and
 `clustered` (embedding-like: 2000 cluster centres, a 64-d low-rank spread and small isotropic noise,
 normalized; nearest-neighbour cosine ~0.78 as between related CLIP image embeddings). Queries are fresh
-draws from the same distribution (held out). Both sides search one query at a time (as a server does)
+draws from the same distribution (held out). `--embeddings EMB_DIR` adds a row on a model's real
+embeddings as `clipstack embed` writes them (clip-retrieval's layout): every image embedding is indexed
+and the text embeddings of a random sample of captions are the queries, i.e. text -> image search as the
+server runs it. Both sides search one query at a time (as a server does)
 with the same FAISS thread count; recall@10 is against exact search. The auto index is built exactly as
 `clipstack index` builds it (`build_one`: plan, train on a sample, tune nprobe/efSearch to the target).
 """
@@ -47,6 +51,17 @@ def make_vectors(dist: str, n: int, nq: int, dim: int, seed: int = 0) -> tuple[n
     return xb, xq
 
 
+def load_embeddings(emb_dir: str, nq: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(image embeddings, text-embedding queries) from a `clipstack embed` folder."""
+    from clipstack.search import layout
+
+    parts = layout.list_parts(emb_dir)
+    xb = np.concatenate([np.load(layout.emb_path(emb_dir, "image", p)) for p in parts]).astype(np.float32)
+    texts = np.concatenate([np.load(layout.emb_path(emb_dir, "text", p)) for p in parts]).astype(np.float32)
+    pick = np.random.default_rng(seed).choice(len(texts), size=min(nq, len(texts)), replace=False)
+    return np.ascontiguousarray(xb), np.ascontiguousarray(texts[pick])
+
+
 def single_query_qps(search, xq: np.ndarray, budget_s: float) -> float:
     """Queries per second, one query per call, over as many queries as fit in `budget_s` (>= 5)."""
     start, done = time.perf_counter(), 0
@@ -72,7 +87,11 @@ def run_one(dist: str, n: int, args) -> dict:
     from clipstack.search.index import build_one, recall_at_k
     from clipstack.search.select import parse_memory
 
-    xb, xq = make_vectors(dist, n, args.queries, args.dim)
+    if dist == "model":
+        xb, xq = load_embeddings(args.embeddings, args.queries)
+        n = len(xb)
+    else:
+        xb, xq = make_vectors(dist, n, args.queries, args.dim)
     k = 10
     start = time.perf_counter()
     _, truth = faiss.knn(xq, xb, k, metric=faiss.METRIC_INNER_PRODUCT)
@@ -90,7 +109,8 @@ def run_one(dist: str, n: int, args) -> dict:
         path = os.path.join(tmp, "x.index")
         faiss.write_index(index, path)
         size = os.path.getsize(path)
-    return {"dist": dist, "n": n, "exact_mb": xb.nbytes / 2**20, "exact_qps": exact_qps,
+    label = f"model {xb.shape[1]}d" if dist == "model" else dist
+    return {"dist": label, "n": n, "exact_mb": xb.nbytes / 2**20, "exact_qps": exact_qps,
             "exact_batched_ms": 1000 * exact_batched_s / len(xq), "key": info["key"],
             "params": info["search_params"], "build_s": info["build_seconds"], "index_mb": size / 2**20,
             "rss_grown_mb": grown, "auto_qps": auto_qps, "recall": recall}
@@ -100,7 +120,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000])
     parser.add_argument("--full", action="store_true", help="also 1,000,000 rows")
-    parser.add_argument("--dists", nargs="+", default=["random", "clustered"], choices=["random", "clustered"])
+    parser.add_argument("--dists", nargs="*", default=["random", "clustered"], choices=["random", "clustered"])
+    parser.add_argument("--embeddings", metavar="EMB_DIR",
+                        help="also a row on a model's embeddings (a `clipstack embed` output folder)")
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--queries", type=int, default=300, help="held-out queries (recall is over all)")
     parser.add_argument("--tune-queries", type=int, default=150, help="of which used to tune the index")
@@ -122,14 +144,14 @@ def main(argv: list[str] | None = None) -> int:
             f"{'QPS ratio':>9} |")
     print(head)
     print("|" + "|".join("-" * (len(c)) for c in head.split("|")[1:-1]) + "|")
-    for n in sizes:
-        for dist in args.dists:
-            r = run_one(dist, n, args)
-            params = ",".join(f"{k}={v}" for k, v in r["params"].items()) or "-"
-            print(f"| {r['n']:>9,} | {r['dist']:>9} | {r['exact_mb']:>8.0f} | {r['exact_qps']:>9.1f} | "
-                  f"{r['key']:<14} | {params:<13} | {r['build_s']:>7.1f} | {r['index_mb']:>8.0f} | "
-                  f"{r['auto_qps']:>8.0f} | {r['recall']:>9.3f} | {r['auto_qps'] / r['exact_qps']:>8.1f}x |",
-                  flush=True)
+    runs = [(dist, n) for n in sizes for dist in args.dists] + ([("model", 0)] if args.embeddings else [])
+    for dist, n in runs:
+        r = run_one(dist, n, args)
+        params = ",".join(f"{k}={v}" for k, v in r["params"].items()) or "-"
+        print(f"| {r['n']:>9,} | {r['dist']:>9} | {r['exact_mb']:>8.0f} | {r['exact_qps']:>9.1f} | "
+              f"{r['key']:<14} | {params:<13} | {r['build_s']:>7.1f} | {r['index_mb']:>8.0f} | "
+              f"{r['auto_qps']:>8.0f} | {r['recall']:>9.3f} | {r['auto_qps'] / r['exact_qps']:>8.1f}x |",
+              flush=True)
     return 0
 
 
