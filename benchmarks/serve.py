@@ -7,7 +7,8 @@
 `clipstack index` picks (IVF, nprobe for recall@10 >= 0.95), the same IVF at a wider nprobe (a slower,
 more exact search), and exact Flat. A client keeps a fixed number of requests in flight (a bounded,
 closed-loop load) and sends embedding_input queries (512 floats as JSON, k=10, no dedup, 500 distinct
-queries in turn), so the model is not part of the timing. The client is wrk (C; Debian's `wrk`, `make
+queries in turn), so the model is not part of the timing. `--embeddings EMB_DIR` serves a model's real
+image embeddings instead and sends the text embeddings of 500 of its captions. The client is wrk (C; Debian's `wrk`, `make
 benchdeps`) when installed, which leaves the two cores to the server, else an httpx async client, whose
 own Python costs ~1 ms per request on this machine. "bare search" is the same index, loaded the same way,
 answering one query per call in this process. "HTTP floor" is an ASGI app that reads the body and sends
@@ -32,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from search import make_vectors  # noqa: E402 - the same embedding-like generator as benchmarks/search.py
+from search import load_embeddings, make_vectors  # noqa: E402 - the same data as benchmarks/search.py
 
 
 def write_embeddings(root: Path, xb: np.ndarray) -> None:
@@ -172,6 +173,9 @@ def batch_stats(url: str) -> tuple[int, float, float]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--embeddings", metavar="EMB_DIR",
+                        help="serve a model's image embeddings (`clipstack embed` output) and query with its "
+                             "text embeddings, instead of clustered random vectors")
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--requests", type=int, default=1500, help="requests per (index, concurrency)")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
@@ -194,7 +198,12 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("CLIPSTACK_NO_PROGRESS", "1")
     from clipstack.search.index import build_index
 
-    xb, xq = make_vectors("clustered", args.rows, 500, args.dim)
+    if args.embeddings:
+        xb, xq = load_embeddings(args.embeddings, 500)
+        data = f"{len(xb):,} x {xb.shape[1]} model image embeddings ({args.embeddings}), text-embedding queries"
+    else:
+        xb, xq = make_vectors("clustered", args.rows, 500, args.dim)
+        data = f"{args.rows:,} x {args.dim} clustered vectors"
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         write_embeddings(root / "emb", xb)
@@ -244,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             load_desc = (f"wrk, {args.seconds:g} s per row" if client == "wrk"
                          else f"httpx, {args.requests} requests per row")
-            print(f"# {args.rows:,} x {args.dim} clustered vectors, k=10, embedding_input queries, "
+            print(f"# {data}, k=10, embedding_input queries, "
                   f"client {load_desc}, FAISS threads {args.threads}, {os.cpu_count()} CPUs; "
                   "server and client share the machine")
             print(f"# HTTP floor: an empty ASGI app under the same uvicorn and client, 1 in flight: "

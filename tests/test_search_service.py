@@ -109,3 +109,24 @@ def test_served_results_carry_dates_and_drop_nulls(index_dir):
             top = res.json()[0]
             assert top["id"] == row and top["taken"] == f"2020-01-{1 + row % 28:02d}"
             assert ("note" in top) == (row % 2 == 0)
+
+
+def test_inline_bar_is_per_query_so_a_batch_under_load_does_not_close_it(index_dir, monkeypatch):
+    import time
+
+    path, vectors = index_dir
+    engine = Engine({"i": SearchIndex(path)}, {"i": None}, inline_max_s=0.004)
+    engine._queue = asyncio.Queue()
+    cost = {"per_query": 0.002}
+
+    def slow_batch(batch):
+        time.sleep(cost["per_query"] * len(batch))
+        return [[] for _ in batch]
+
+    monkeypatch.setattr(engine, "run_batch", slow_batch)
+    engine._timed([vector_query(v) for v in vectors["image"][:4]])  # 8 ms for 4 queries: 2 ms each
+    assert engine._can_inline(vector_query(vectors["image"][0]))
+    cost["per_query"] = 0.02  # an index that takes 20 ms a query closes the path within a few batches
+    for _ in range(3):
+        engine._timed([vector_query(vectors["image"][0])])
+    assert not engine._can_inline(vector_query(vectors["image"][0]))

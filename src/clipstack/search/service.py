@@ -58,7 +58,7 @@ class Engine:
         self.max_batch = max_batch
         self.inline_max_s = inline_max_s
         self.inline_count = 0
-        self._seconds: dict[tuple[str, str], float] = {}  # (index, modality) -> mean batch seconds
+        self._seconds: dict[tuple[str, str], float] = {}  # (index, modality) -> mean seconds per query
         self._busy = False
         # called with (queries, seconds) after each batch, e.g. to fill metrics histograms
         self.on_batch: Callable[[int, float], None] | None = None
@@ -123,10 +123,11 @@ class Engine:
             self.on_batch(len(batch), seconds)
         keys = {(q.index, q.modality) for q in batch}
         if len(keys) == 1 and all(q.kind == "vector" for q in batch):
-            key = keys.pop()
-            # a moving average: one search stalled by the OS scheduler does not close the inline path,
-            # and an index whose searches take milliseconds never averages under the bar
-            self._seconds[key] = 0.8 * self._seconds.get(key, seconds) + 0.2 * seconds
+            key, per_query = keys.pop(), seconds / len(batch)
+            # per query, since an inline search is one query: a batch formed under load must not close
+            # the inline path for good. A moving average, so one search stalled by the OS scheduler does
+            # not close it either, while an index whose searches take milliseconds never gets under the bar.
+            self._seconds[key] = 0.8 * self._seconds.get(key, per_query) + 0.2 * per_query
         return results
 
     # ------------------------------------------------------------------------------------- worker
