@@ -15,9 +15,10 @@ from _search_util import faiss_one_thread, make_emb_dir  # noqa: F401
 
 from clipstack.search import layout
 from clipstack.search.index import SearchIndex, build_index
+from clipstack.search.metrics import Histogram
 from clipstack.search.server import ServerConfig, ServerThread, build_engine, create_app
-from clipstack.search.service import Engine, Query
-from clipstack.search.store import FEW_ROWS, ArrowStore
+from clipstack.search.service import Engine, Query, QueryError
+from clipstack.search.store import FEW_ROWS, ArrowStore, scalar_reader
 
 
 @pytest.fixture(scope="module")
@@ -130,3 +131,44 @@ def test_inline_bar_is_per_query_so_a_batch_under_load_does_not_close_it(index_d
     for _ in range(3):
         engine._timed([vector_query(vectors["image"][0])])
     assert not engine._can_inline(vector_query(vectors["image"][0]))
+
+
+@pytest.mark.parametrize("kind", [pa.string(), pa.large_string()])
+def test_scalar_reader_matches_arrow_on_sliced_unicode_and_null_columns(kind):
+    values = ["", "a", "naïve café", "日本語", "x" * 300, "", "end"]
+    array = pa.array(values, type=kind)
+    for arr, expected in ((array, values), (array.slice(2, 4), values[2:6])):
+        read = scalar_reader(arr)
+        assert [read(i) for i in range(len(arr))] == expected == arr.to_pylist()
+    with_nulls = pa.array(["a", None, "c"], type=kind)
+    assert [scalar_reader(with_nulls)(i) for i in range(3)] == ["a", None, "c"]
+    numbers = pa.array([1.5, None])
+    assert [scalar_reader(numbers)(i) for i in range(2)] == [1.5, None]
+
+
+def test_histogram_buckets_are_cumulative_with_inclusive_upper_bounds():
+    hist = Histogram((1, 2, 4))
+    for value in (0.5, 1, 1.5, 2, 3, 9):
+        hist.observe(value)
+    lines = hist.lines("h")
+    assert lines[:4] == ['h_bucket{le="1"} 2', 'h_bucket{le="2"} 4', 'h_bucket{le="4"} 5',
+                         'h_bucket{le="+Inf"} 6']
+    assert lines[4:] == ["h_sum 17.000000", "h_count 6"]
+
+
+def test_any_finite_nonzero_vector_normalizes_and_zero_is_refused(index_dir):
+    path, vectors = index_dir
+    engine = Engine({"i": SearchIndex(path)}, {"i": None})
+    target = vectors["image"][3].astype(np.float64)
+    # 1e200 and 1e-30 times a stored vector: squares overflow or vanish, the direction is the same
+    huge, tiny = vector_query(target * 1e200), vector_query(target * 1e-30)
+    got = run(engine, [huge, tiny, vector_query(target)])
+    assert [rows[0]["id"] for rows in got] == [3, 3, 3]
+    assert all(rows[0]["similarity"] == pytest.approx(1.0, abs=1e-5) for rows in got)
+    edge = [1e308, -1e308] + [0.0] * (len(target) - 2)  # finite, whose norm overflows float64
+    assert run(engine, [vector_query(np.array(edge))])[0]
+    for bad, reason in (([0.0] * len(target), "all zeros"), ([float("inf")] + edge[1:], "not finite")):
+        with pytest.raises(QueryError, match=reason) as caught:
+            run(engine, [Query(index="i", modality="image", kind="vector", payload=bad, num_results=3,
+                               num_ids=3)])
+        assert caught.value.field == "embedding_input"

@@ -8,6 +8,8 @@ histograms by whichever thread ran the batch; the engine never runs two batches 
 
 from __future__ import annotations
 
+import bisect
+import itertools
 from collections import defaultdict
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -18,21 +20,20 @@ BATCH_SECONDS_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.
 class Histogram:
     def __init__(self, buckets: tuple[float, ...]):
         self.buckets = buckets
-        self.counts = [0] * len(buckets)
+        self.counts = [0] * (len(buckets) + 1)  # per bucket, not cumulative: one increment a value
         self.total = 0
         self.sum = 0.0
 
     def observe(self, value: float) -> None:
         self.total += 1
         self.sum += value
-        for i, upper in enumerate(self.buckets):
-            if value <= upper:
-                self.counts[i] += 1
+        self.counts[bisect.bisect_left(self.buckets, value)] += 1
 
     def lines(self, name: str, labels: str = "") -> list[str]:
         sep = "," if labels else ""
+        cumulative = list(itertools.accumulate(self.counts[:-1]))
         out = [f'{name}_bucket{{{labels}{sep}le="{upper}"}} {count}'
-               for upper, count in zip(self.buckets, self.counts)]
+               for upper, count in zip(self.buckets, cumulative)]
         out.append(f'{name}_bucket{{{labels}{sep}le="+Inf"}} {self.total}')
         suffix = f"{{{labels}}}" if labels else ""
         out += [f"{name}_sum{suffix} {self.sum:.6f}", f"{name}_count{suffix} {self.total}"]

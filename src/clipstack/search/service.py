@@ -99,6 +99,8 @@ class Engine:
     async def submit(self, query: Query) -> list[dict[str, Any]]:
         self.check(query)
         assert self._queue is not None, "Engine.start() was not awaited"
+        if query.kind == "vector":
+            query.payload = unit_vector(query.payload)
         if self._can_inline(query):
             self.inline_count += 1
             result = self._timed([query])[0]
@@ -152,7 +154,8 @@ class Engine:
                         query.future.set_result(result)
 
     def run_batch(self, batch: list[Query]) -> list[Any]:
-        """Answer queries synchronously: one encode per kind and model, one search per index."""
+        """Answer queries synchronously: one encode per kind and model, one search per index.
+        Queries come from `submit`, which has checked them and made vector payloads unit vectors."""
         import numpy as np
 
         vectors: list[Any] = [None] * len(batch)
@@ -173,10 +176,6 @@ class Engine:
                     continue
                 for row, i in enumerate(members):
                     vectors[i] = out[row]
-        for i, q in enumerate(batch):
-            if q.kind == "vector":
-                vec = np.asarray(q.payload, dtype=np.float32)
-                vectors[i] = vec / np.linalg.norm(vec)
         groups2: dict[tuple[str, str], list[int]] = {}
         for i, q in enumerate(batch):
             if results[i] is None:
@@ -184,7 +183,10 @@ class Engine:
         for (name, modality), members in groups2.items():
             index = self.indices[name]
             k = min(max(batch[i].num_ids for i in members), index.rows)
-            scores, ids = index.search(modality, np.stack([vectors[i] for i in members]), k)
+            # vector payloads are unit vectors already (submit() made them so), encoder outputs too
+            queries = np.array([batch[i].payload if vectors[i] is None else vectors[i] for i in members],
+                               dtype=np.float32)
+            scores, ids = index.search(modality, queries, k)
             for row, i in enumerate(members):
                 results[i] = self._finish(batch[i], index, scores[row], ids[row])
         return results
@@ -198,6 +200,20 @@ class Engine:
         hits = hits[: query.num_results]
         rows = index.lookup([i for i, _ in hits])
         return [{**row, "id": i, "similarity": s} for row, (i, s) in zip(rows, hits)]
+
+
+def unit_vector(values: Any) -> Any:
+    """A caller's embedding as a float32 unit vector. Scaled by its largest magnitude first, so any
+    finite nonzero vector normalizes: squares of 1e200 or of 1e-30 would overflow or vanish."""
+    import numpy as np
+
+    vec = np.asarray(values, dtype=np.float64)
+    peak = float(np.abs(vec).max()) if vec.size else 0.0
+    if not 0.0 < peak < float("inf"):
+        raise QueryError("embedding_input", "is all zeros; it cannot be normalized" if peak == 0.0
+                         else "holds values that are not finite numbers")
+    vec = vec / peak
+    return (vec / np.sqrt(vec @ vec)).astype(np.float32)
 
 
 def dedup_order(embeddings) -> list[int]:

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import bisect
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from clipstack.errors import DataError
 from clipstack.io import atomic_path
 
-FEW_ROWS = 32  # up to this many ids, reading scalars beats Table.take (~1.5 us a value vs ~30 us a call)
+FEW_ROWS = 32  # up to this many ids, reading scalars beats Table.take (~0.5 us a value vs ~30 us a call)
 
 
 def write_arrow(out_path: str | os.PathLike, tables: Iterable[Any]) -> int:
@@ -64,6 +64,7 @@ class ArrowStore:
         self._starts = np.cumsum([0] + [b.num_rows for b in self._batches])
         self._start_list = self._starts.tolist()
         self._arrays = [dict(zip(b.schema.names, b.columns)) for b in self._batches]
+        self._readers: dict[tuple[str, ...], list[list[tuple[str, Callable[[int], Any]]]]] = {}
 
     def __len__(self) -> int:
         return self.table.num_rows
@@ -79,11 +80,14 @@ class ArrowStore:
 
         names = self.columns if columns is None else list(columns)
         if len(ids) <= FEW_ROWS:  # a query's results: scalar reads skip take()'s array building
-            out = []
+            key = tuple(names)
+            if key not in self._readers:
+                self._readers[key] = [[(n, scalar_reader(arrays[n])) for n in names] for arrays in self._arrays]
+            readers, out = self._readers[key], []
             for i in ids:
                 b = bisect.bisect_right(self._start_list, i) - 1
-                arrays, row = self._arrays[b], int(i) - self._start_list[b]
-                out.append({name: arrays[name][row].as_py() for name in names})
+                row = int(i) - self._start_list[b]
+                out.append({name: read(row) for name, read in readers[b]})
             return out
         ids = np.asarray(ids, dtype=np.int64)
         which = np.searchsorted(self._starts, ids, side="right") - 1
@@ -98,3 +102,23 @@ class ArrowStore:
 
     def value(self, row: int, column: str) -> Any:
         return self.take([row], [column])[0][column]
+
+
+def scalar_reader(array: Any) -> Callable[[int], Any]:
+    """`row -> value` for one Arrow array. Strings without nulls are sliced straight out of the mapped
+    offset and data buffers (~0.4 us a value against `array[row].as_py()`'s ~0.8 us); anything else
+    goes through `as_py`."""
+    import pyarrow as pa
+
+    kind = array.type
+    if array.null_count == 0 and (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+        _, offsets_buf, data_buf = array.buffers()
+        offsets = memoryview(offsets_buf).cast("q" if pa.types.is_large_string(kind) else "i")
+        data = memoryview(data_buf) if data_buf is not None else memoryview(b"")
+        base = array.offset
+
+        def read_string(row: int) -> str:
+            return str(data[offsets[base + row]:offsets[base + row + 1]], "utf-8")
+
+        return read_string
+    return lambda row: array[row].as_py()
