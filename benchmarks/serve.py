@@ -13,6 +13,8 @@ benchdeps`) when installed, which leaves the two cores to the server, else an ht
 own Python costs ~1 ms per request on this machine. "bare search" is the same index, loaded the same way,
 answering one query per call in this process. "HTTP floor" is an ASGI app that reads the body and sends
 ten fixed results, under the same uvicorn and client: what any Python server pays before doing work.
+"lean bound" is an ASGI app that parses, searches, looks up and writes JSON with nothing else (no
+validation, limits or metrics): how close a Python server can come to the bare search here.
 """
 
 from __future__ import annotations
@@ -142,6 +144,41 @@ async def empty_app(scope, receive, send):
     await send({"type": "http.response.body", "body": EMPTY_BODY})
 
 
+def lean_app(index_dir: str):
+    """The lower bound for a Python server: an ASGI app that parses the JSON body, normalizes the
+    vector, searches, looks up metadata and writes JSON, with no validation, routing, metrics or limits."""
+    import pydantic_core
+
+    from clipstack.search.index import SearchIndex
+
+    index = SearchIndex(index_dir)
+    headers = [(b"content-type", b"application/json")]
+
+    async def app(scope, receive, send):
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        chunks, more = [], True
+        while more:
+            message = await receive()
+            chunks.append(message.get("body", b""))
+            more = message.get("more_body", False)
+        if scope["path"] == "/healthz":
+            body = b"{}"
+        else:
+            vec = np.array(pydantic_core.from_json(b"".join(chunks))["embedding_input"], dtype=np.float32)
+            scores, ids = index.search("image", (vec / np.sqrt(vec @ vec))[None], 10)
+            ids_list = ids[0].tolist()
+            body = pydantic_core.to_json([{**row, "id": i, "similarity": s} for row, i, s in
+                                          zip(index.lookup(ids_list), ids_list, scores[0].tolist())])
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    return app
+
+
 def start_server(cmd: list[str], url: str) -> subprocess.Popen:
     server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _wait_ready(url, server)
@@ -187,11 +224,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wide-nprobe", type=int, default=16,
                         help="also serve the IVF index at this nprobe (a slower, more exact search); 0: no")
     parser.add_argument("--empty-server", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    parser.add_argument("--lean-server", nargs=2, metavar=("PORT", "INDEX_DIR"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.empty_server:
+    if args.empty_server or args.lean_server:
         import uvicorn
 
-        uvicorn.run(empty_app, host="127.0.0.1", port=args.empty_server, log_level="warning")
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)
+        app, port = ((empty_app, args.empty_server) if args.empty_server
+                     else (lean_app(args.lean_server[1]), int(args.lean_server[0])))
+        uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
         return 0
     client = args.client if args.client != "auto" else ("wrk" if shutil.which("wrk") else "httpx")
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
@@ -248,6 +289,15 @@ def main(argv: list[str] | None = None) -> int:
 
         port = free_port()
         url = f"http://127.0.0.1:{port}"
+        server = start_server([sys.executable, __file__, "--threads", str(args.threads), "--lean-server",
+                               str(port), str(root / "auto")], url)
+        try:
+            lean = measure(url, bodies_for("auto", args.requests), 1, args.seconds)[2]
+        finally:
+            stop_server(server)
+
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
         server = start_server([sys.executable, "-m", "clipstack", "serve", "--indices", str(root / "indices.json"),
                                "--port", str(port)] + (["--no-access-log"] if args.no_access_log else []), url)
         try:
@@ -258,12 +308,15 @@ def main(argv: list[str] | None = None) -> int:
                   "server and client share the machine")
             print(f"# HTTP floor: an empty ASGI app under the same uvicorn and client, 1 in flight: "
                   f"p50 {floor:.3f} ms")
+            bare = {name: bare_search_ms(root / name, xq[:200]) for name in names}
+            print(f"# lean bound: an ASGI app that only parses, searches the auto index, looks up and "
+                  f"writes JSON, same uvicorn and client, 1 in flight: p50 {lean:.3f} ms = "
+                  f"{lean / bare['auto']:.1f}x bare search")
             head = ("| index | in flight | requests | errors | p50 ms | p99 ms | QPS | bare search ms | "
                     "p50 / bare | engine ms per batch | p50 - floor - engine ms | mean batch |")
             print(head)
             print("|" + "|".join("---" for _ in head.split("|")[1:-1]) + "|")
             for name in names:
-                bare = bare_search_ms(root / name, xq[:200])
                 for conc in args.concurrency:
                     n_req = args.requests if name != "flat" else max(100, args.requests // 5)
                     seconds = args.seconds if name != "flat" else max(2, args.seconds // 2)
@@ -274,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
                     engine = 1000 * (secs1 - secs0) / batches
                     own = f"{p50 - floor - engine:.3f}" if conc == 1 else "-"
                     print(f"| {labels[name]} | {conc} | {n_req} | {errors} | {p50:.2f} | {p99:.2f} | "
-                          f"{n_req / wall:.0f} | {bare:.3f} | {p50 / bare:.1f}x | {engine:.3f} | {own} | "
+                          f"{n_req / wall:.0f} | {bare[name]:.3f} | {p50 / bare[name]:.1f}x | {engine:.3f} | {own} | "
                           f"{(sum1 - sum0) / batches:.1f} |", flush=True)
         finally:
             stop_server(server)

@@ -203,11 +203,16 @@ class Engine:
 
 
 def unit_vector(values: Any) -> Any:
-    """A caller's embedding as a float32 unit vector. Scaled by its largest magnitude first, so any
-    finite nonzero vector normalizes: squares of 1e200 or of 1e-30 would overflow or vanish."""
+    """A caller's embedding as a float32 unit vector. Where its squared norm would overflow or vanish
+    (values near 1e200 or 1e-200) it is scaled by its largest magnitude first, so any finite nonzero
+    vector normalizes; zeros and non-finite values are refused naming the field."""
     import numpy as np
 
     vec = np.asarray(values, dtype=np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):  # inf or nan here just means: scale first
+        squares = float(vec @ vec)
+    if 1e-200 < squares < 1e200:  # the usual case: no scaling needed
+        return (vec * (1.0 / np.sqrt(squares))).astype(np.float32)
     peak = float(np.abs(vec).max()) if vec.size else 0.0
     if not 0.0 < peak < float("inf"):
         raise QueryError("embedding_input", "is all zeros; it cannot be normalized" if peak == 0.0
