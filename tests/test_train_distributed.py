@@ -229,18 +229,29 @@ def test_sync_batchnorm_statistics_and_gradients_equal_one_process_on_the_global
     assert out["eval"] < 1e-12
 
 
-def test_ddp_resnet_with_sync_batchnorm_matches_single_process(setup):
-    """Per-rank BatchNorm would normalize each rank's half-batch by its own statistics; synced, the
-    2-rank run trains the ResNet tower exactly as one process on the global batch."""
+RN_SECTIONS = {"model": {"name": "clip-tiny-rn"}, "optim": {"lr": 1e-3, "accum_freq": 1}}
+
+
+@pytest.fixture(scope="module")
+def rn_single(setup):
     root, common, _, _ = setup
-    sections = {**common, "model": {"name": "clip-tiny-rn"}, "optim": {"lr": 1e-3, "accum_freq": 1}}
     single = root / "rn_single"
-    run_cli("train", "--config", str(write_config(root / "rn_single.json",
-                                                  tiny_config(single, str(root / "single"), **sections))))
-    ddp = root / "rn_ddp"
-    cfg = write_config(root / "rn_ddp.json", tiny_config(
-        ddp, str(root / "ranks"), **sections, distributed={"sync_batchnorm": True}))
-    proc = torchrun(2, "-m", "clipstack", "train", "--config", str(cfg))
+    run_cli("train", "--config", str(write_config(root / "rn_single.json", tiny_config(
+        single, str(root / "single"), **{**common, **RN_SECTIONS}))))
+    return single
+
+
+@pytest.mark.parametrize("fsdp", [False, True], ids=["ddp", "fsdp2"])
+def test_resnet_with_sync_batchnorm_matches_single_process(setup, rn_single, fsdp):
+    """Per-rank BatchNorm would normalize each rank's half-batch by its own statistics; synced, the
+    2-rank run (DDP, or FSDP2 sharding) trains the ResNet tower exactly as one process on the global
+    batch."""
+    root, common, _, _ = setup
+    single = rn_single
+    ddp = root / f"rn_{'fsdp' if fsdp else 'ddp'}"
+    cfg = write_config(root / f"{ddp.name}.json", tiny_config(
+        ddp, str(root / "ranks"), **{**common, **RN_SECTIONS}, distributed={"sync_batchnorm": True}))
+    proc = torchrun(2, "-m", "clipstack", "train", "--config", str(cfg), *(["--fsdp"] if fsdp else []))
     from clipstack.models import create_model
 
     norms = sum(isinstance(m, torch.nn.BatchNorm2d) for m in create_model("clip-tiny-rn").modules())
