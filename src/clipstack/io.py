@@ -1,6 +1,8 @@
-"""Atomic file writes shared by every stage: write to a temp file beside the target, then rename.
+"""File I/O shared by every stage: atomic writes, and reads that fail with one clear message.
 
-A crash or a kill mid-write leaves either the old file or the new one, never half of one.
+Writes go to a temp file beside the target, then rename: a crash or a kill mid-write leaves either the
+old file or the new one, never half of one. Reads of small text and JSON files raise `DataError` naming
+the file and the reason (missing, not UTF-8, not JSON) instead of a bare traceback.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
+
+from clipstack.errors import DataError
 
 
 @contextlib.contextmanager
@@ -59,3 +63,26 @@ def _json_default(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     raise TypeError(f"not JSON serializable: {type(obj).__name__}")
+
+
+def read_text(path: str | os.PathLike, what: str = "file") -> str:
+    """A UTF-8 text file's content; DataError naming `path` if it is missing, unreadable or not UTF-8."""
+    path = Path(path)
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exn:
+        raise DataError(f"{path}: {what} is not UTF-8 text (byte {exn.start}: {exn.reason})") from None
+    except IsADirectoryError:
+        raise DataError(f"{path}: {what} is a folder, not a file") from None
+    except OSError as exn:
+        raise DataError(f"{path}: cannot read {what} ({exn.strerror or exn})") from None
+
+
+def read_json(path: str | os.PathLike, what: str = "file") -> Any:
+    """A JSON file's content; DataError naming `path` and the line if it cannot be read or parsed."""
+    text = read_text(path, what)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exn:
+        raise DataError(f"{path}: {what} is not valid JSON (line {exn.lineno}, column {exn.colno}: "
+                        f"{exn.msg})") from None
