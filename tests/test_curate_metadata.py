@@ -69,3 +69,30 @@ def test_build_with_titles_and_match(tmp_path):
     assert {entries[i] for i in matched} >= {"hot dog", "dog", "Star Wars"}
     with pytest.raises(DataError, match="no entries"):
         build_metadata(tmp_path / "x.json", wordnet=None)
+
+
+def test_lines_that_are_not_utf8_are_skipped_and_reported(tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_bytes(b"hot dog stand\n\xff\xfe bad bytes\ncaf\xe9 latin-1\nhot dog stand\n" * 3)
+    titles = tmp_path / "titles.txt"
+    titles.write_bytes(b"Star Wars\nCaf\xe9 Society\n")
+    warnings: list[str] = []
+    entries, counts = build_metadata(tmp_path / "m.json", wordnet=None, corpus=[corpus], min_count=1,
+                                     titles=titles, warn=warnings.append)
+    assert not any("\ufffd" in e for e in entries), "no replacement-character entries"
+    assert "hot" in entries and "Star Wars" in entries and counts["titles"] == 1
+    assert warnings == [f"{corpus}: skipped 6 corpus file line(s) that are not UTF-8 (first: line 2)",
+                        f"{titles}: skipped 1 titles file line(s) that are not UTF-8 (first: line 2)"]
+
+
+def test_missing_inputs_are_named_before_any_work_and_broken_corpus_shards_reported(tmp_path):
+    with pytest.raises(DataError, match="nope.txt: titles file not found"):
+        build_metadata(tmp_path / "m.json", wordnet="/nonexistent", titles=tmp_path / "nope.txt")
+    with pytest.raises(DataError, match="gone.txt: corpus file not found"):
+        build_metadata(tmp_path / "m.json", wordnet="/nonexistent", corpus=[tmp_path / "gone.txt"])
+    broken = tmp_path / "broken.tar"
+    broken.write_bytes(b"this is not a tar archive" * 40)
+    warnings: list[str] = []
+    with pytest.raises(DataError, match="no entries"):
+        build_metadata(tmp_path / "m.json", wordnet=None, corpus=[broken], warn=warnings.append)
+    assert len(warnings) == 1 and warnings[0].startswith(f"corpus {broken}: skipped") and "broken.tar" in warnings[0]

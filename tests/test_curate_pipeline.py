@@ -78,6 +78,13 @@ def test_truncated_shard_and_reruns(pool, tmp_path):
     stats = result.stats
     assert stats["in"] == stats["kept"] + stats["dropped"]
     assert stats["dropped_by_step"]["read"].get("unreadable_shard") == 1
+    # the ledger says why each read failed, and the unreadable shard's row has its own uid
+    ledger = pq.read_table(tmp_path / "out" / "ledger.parquet").to_pylist()
+    reads = [r for r in ledger if r["step"] == "read"]
+    assert reads and all(r["detail"] for r in reads), reads
+    shard_row = next(r for r in reads if r["reason"] == "unreadable_shard")
+    assert "00001.tar" in shard_row["detail"] and shard_row["uid"] != "0" * 32
+    assert len({r["uid"] for r in ledger}) == len(ledger)
 
 
 def test_balance_step_in_pipeline(pool, tmp_path):
@@ -110,6 +117,13 @@ def test_config_errors(pool, tmp_path):
         curate(tmp_path / "nope.tar", tmp_path / "o", CurateConfig())
     with pytest.raises(ConfigError, match="--clip-model"):
         curate(folder, tmp_path, CurateConfig(steps=["clip"], clip_fraction=0.5))
+    for bad, message in (({"min_side": -3}, "--min-side must be >= 0, got -3"),
+                         ({"max_aspect": float("nan")}, "--max-aspect must be >= 1, got nan"),
+                         ({"balance_t": float("inf")}, "--t must be a positive number, got inf"),
+                         ({"embed_threshold": 1.5}, "--embed-threshold is a cosine similarity")):
+        with pytest.raises(ConfigError, match=message):
+            curate(folder, tmp_path / "bad", CurateConfig(**bad))
+    assert not (tmp_path / "bad").exists()
 
 
 def test_datacomp_subset_files_load(tmp_path):
@@ -226,6 +240,21 @@ def test_cli_end_to_end(pool, tmp_path, capsys):
         assert (out / "report" / name).stat().st_size > 0
     Image.open(out / "report" / "entry_counts.png").verify()
     assert main(["curate", str(folder), str(tmp_path / "x"), "--steps", "balance"]) == 2
+    # a bad --ground-truth is named before curation runs (no output folder is started)
+    (tmp_path / "not.parquet").write_text("key,defect\n")
+    for bad, why in ((tmp_path / "gone.parquet", "ground-truth file not found"),
+                     (tmp_path / "not.parquet", "not a readable parquet file"),
+                     (tmp_path / "meta.txt", "not a readable parquet file")):
+        capsys.readouterr()
+        assert main(["curate", str(folder), str(tmp_path / "y"), "--steps", "text", "--report",
+                     "--ground-truth", str(bad)]) == 2
+        err = capsys.readouterr().err
+        assert f"{bad}: " in err and why in err, err
+        assert not (tmp_path / "y").exists()
+    pq.write_table(pa.table({"key": ["a"]}), tmp_path / "nodefect.parquet")
+    assert main(["curate", str(folder), str(tmp_path / "y"), "--steps", "text", "--report",
+                 "--ground-truth", str(tmp_path / "nodefect.parquet")]) == 2
+    assert "lacks column(s) defect" in capsys.readouterr().err
     titles = tmp_path / "titles.txt"
     titles.write_text("The Red Cat\nOcean Sunset\n")
     corpus = tmp_path / "corpus.txt"

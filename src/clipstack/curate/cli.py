@@ -72,6 +72,10 @@ def _curate(args: argparse.Namespace) -> int:
         clip_pretrained=args.clip_pretrained, clip_threshold=args.clip_threshold,
         clip_fraction=args.clip_fraction, batch_size=args.batch_size, device=args.device,
         workers=args.workers)
+    if args.ground_truth:  # checked now, not after the whole curation has run
+        from clipstack.curate.report import check_ground_truth
+
+        check_ground_truth(args.ground_truth)
     result = curate(args.in_shards, args.out_dir, cfg)
     stats = result.stats
     print(f"in {stats['in']}  kept {stats['kept']}  dropped {stats['dropped']}")

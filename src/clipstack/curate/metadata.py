@@ -13,8 +13,9 @@ from __future__ import annotations
 import math
 import os
 import re
+import sys
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from clipstack.curate.matching import CHARS_TO_SPACE, PUNCTS_TO_WRAP, spacing
@@ -52,21 +53,46 @@ def _tokens(text: str) -> list[str]:
     return spacing(text).split(" ")
 
 
-def corpus_texts(paths: Iterable[str | os.PathLike]) -> Iterator[str]:
-    """Lines of text files, or the captions of shards (a folder of tars, a tar, a brace pattern)."""
+def _stderr(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def text_lines(path: Path, what: str, warn: Callable[[str], None] = _stderr) -> Iterator[str]:
+    """The UTF-8 lines of a text file, without newlines. Lines that are not UTF-8 are skipped, not
+    turned into U+FFFD entries, and their count is reported once through `warn`."""
+    if not path.is_file():
+        raise DataError(f"{path}: {what} not found" if not path.exists() else f"{path}: {what} is not a file")
+    bad, first_bad = 0, 0
+    with open(path, "rb") as fh:
+        for number, raw in enumerate(fh, 1):
+            try:
+                yield raw.decode("utf-8").rstrip("\r\n")
+            except UnicodeDecodeError:
+                bad += 1
+                first_bad = first_bad or number
+    if bad:
+        warn(f"{path}: skipped {bad} {what} line(s) that are not UTF-8 (first: line {first_bad})")
+
+
+def _is_shards(path: Path) -> bool:
+    return path.is_dir() or str(path).endswith(".tar") or "{" in str(path)
+
+
+def corpus_texts(paths: Iterable[str | os.PathLike], warn: Callable[[str], None] = _stderr) -> Iterator[str]:
+    """Lines of text files, or the captions of shards (a folder of tars, a tar, a brace pattern).
+    Unreadable shards and samples are skipped and reported through `warn`, one line per shard."""
     from clipstack.data.shards import read_samples
 
     for path in paths:
         p = Path(path)
-        if p.is_dir() or str(p).endswith(".tar") or "{" in str(p):
-            for sample in read_samples(path, on_error=lambda err: None):
+        if _is_shards(p):
+            errors: Counter[str] = Counter()
+            for sample in read_samples(path, on_error=lambda err, seen=errors: seen.update([str(err)])):
                 yield from sample.captions[:1]
-        elif p.exists():
-            with open(p, encoding="utf-8", errors="replace") as fh:
-                for line in fh:
-                    yield line.rstrip("\n")
+            for message, count in errors.items():
+                warn(f"corpus {p}: skipped {message}" + (f" (x{count})" if count > 1 else ""))
         else:
-            raise DataError(f"{p}: corpus file not found")
+            yield from text_lines(p, "corpus file", warn)
 
 
 def corpus_ngrams(texts: Iterable[str], min_count: int, min_pmi: float, min_bigram_count: int,
@@ -110,10 +136,16 @@ def _usable(entry: str) -> bool:
 def build_metadata(out: str | os.PathLike, wordnet: str | os.PathLike | None = "/usr/share/wordnet",
                    corpus: Iterable[str | os.PathLike] = (), min_count: int = 100, min_pmi: float = 3.4,
                    min_bigram_count: int = 5, titles: str | os.PathLike | None = None,
-                   ) -> tuple[list[str], dict[str, int]]:
-    """Build and write the list; returns (entries, new entries contributed by each source)."""
+                   warn: Callable[[str], None] = _stderr) -> tuple[list[str], dict[str, int]]:
+    """Build and write the list; returns (entries, new entries contributed by each source). Input that
+    cannot be read (lines that are not UTF-8, broken shards) is skipped and reported through `warn`."""
     from clipstack.io import write_json
 
+    corpus = [Path(c) for c in corpus]
+    for path, what in [(c, "corpus file") for c in corpus if not _is_shards(c)] + (
+            [(Path(titles), "titles file")] if titles else []):
+        if not path.is_file():  # before WordNet and the corpus are read, not after
+            raise DataError(f"{path}: {what} not found" if not path.exists() else f"{path}: {what} is not a file")
     entries: dict[str, None] = {}
     counts: dict[str, int] = {}
 
@@ -127,16 +159,12 @@ def build_metadata(out: str | os.PathLike, wordnet: str | os.PathLike | None = "
 
     if wordnet:
         add("wordnet", wordnet_lemmas(wordnet))
-    corpus = list(corpus)
     if corpus:
-        uni, bi = corpus_ngrams(corpus_texts(corpus), min_count, min_pmi, min_bigram_count)
+        uni, bi = corpus_ngrams(corpus_texts(corpus, warn), min_count, min_pmi, min_bigram_count)
         add("unigrams", uni)
         add("bigrams", bi)
     if titles:
-        path = Path(titles)
-        if not path.exists():
-            raise DataError(f"{path}: titles file not found")
-        add("titles", path.read_text(encoding="utf-8", errors="replace").splitlines())
+        add("titles", list(text_lines(Path(titles), "titles file", warn)))
     if not entries:
         raise DataError("metadata build: no entries (give --wordnet, --corpus or --titles)")
     result = list(entries)

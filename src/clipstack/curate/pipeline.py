@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from clipstack.curate.steps import STEPS, Decision, Features, MatchStore, StepConfig, decide
+from clipstack.curate.uids import uid_for
 from clipstack.errors import ConfigError, DataError
 
 
@@ -66,8 +67,16 @@ class CurateConfig:
                               f"{self.phash_size ** 2 // 2}) for --phash-size {self.phash_size} (>= 4)")
         if self.match_method not in ("aho", "tokens"):
             raise ConfigError(f"--match-method must be aho or tokens, got {self.match_method!r}")
-        if self.balance_t <= 0:
-            raise ConfigError(f"--t must be positive, got {self.balance_t}")
+        if not 0 < self.balance_t < float("inf"):
+            raise ConfigError(f"--t must be a positive number, got {self.balance_t}")
+        for flag, value, low in (("--min-words", self.min_words, 0), ("--min-chars", self.min_chars, 0),
+                                 ("--min-side", self.min_side, 0), ("--max-aspect", self.max_aspect, 1),
+                                 ("--batch-size", self.batch_size, 1), ("--workers", self.workers, 1),
+                                 ("--embed-threshold", self.embed_threshold, -1)):
+            if not low <= value < float("inf"):  # also refuses nan
+                raise ConfigError(f"{flag} must be >= {low}, got {value}")
+        if self.embed_threshold > 1:
+            raise ConfigError(f"--embed-threshold is a cosine similarity in [-1, 1], got {self.embed_threshold}")
 
 
 @dataclass
@@ -99,18 +108,17 @@ def _read_one(raw: dict, feats: Features, cfg: CurateConfig, want_image: bool):
     """Decode one raw sample into features; returns (caption, PIL image or None) for the batch stages."""
     from clipstack.curate.dedup import caption_key, phash_int, sha256_hex
     from clipstack.curate.filters import BasicConfig, basic_reason, decode_caption, load_image, text_reason
-    from clipstack.curate.uids import uid_for
     from clipstack.data.shards import decode_sample
 
     key = str(raw.get("__key__"))
     caption, caption_bad = decode_caption(raw.get("txt"), "")
-    sample, read_reason = None, None
+    sample, read_reason, read_detail = None, None, ""
     try:
         if caption_bad:
             raw = {k: v for k, v in raw.items() if k != "txt"}  # decode the rest; the caption is the reason
         sample = decode_sample(raw)
-    except DataError:
-        read_reason = "unreadable"
+    except DataError as exn:
+        read_reason, read_detail = "unreadable", str(exn)
     meta = sample.meta if sample else {}
     if sample is not None and caption is not None and "txt" not in raw:
         caption = sample.caption
@@ -120,10 +128,12 @@ def _read_one(raw: dict, feats: Features, cfg: CurateConfig, want_image: bool):
     # Hashes and CLIP scores do not need full resolution: decode JPEGs at a reduced DCT scale.
     decoded, size = load_image(sample.image, draft=cfg.decode_side) if sample is not None else (None, None)
     if sample is not None and size is None:
-        read_reason = "corrupt_image"
+        read_reason, read_detail = "corrupt_image", "the image bytes do not decode"
     if read_reason is None and caption is None and "text" not in cfg.steps:
         read_reason = "non_utf8"  # cannot be written as a caption, with or without the text filter
+        read_detail = "the caption is not UTF-8"
     feats.read_reason.append(read_reason)
+    feats.read_detail.append(read_detail)
     text = caption or ""
     feats.text_reason.append(text_reason(caption) if read_reason is None else None)
     basic = BasicConfig(cfg.min_words, cfg.min_chars, cfg.min_side, cfg.max_aspect)
@@ -224,7 +234,8 @@ def _extract(urls, shard_ids, cfg: CurateConfig, matcher, scorer, feats: Feature
     for shard_idx, rec in _records(urls, shard_ids):
         feats.shard.append(shard_idx)
         if isinstance(rec, DataError):
-            for name, value in (("keys", f"{Path(urls[shard_idx]).name}:unreadable"), ("uids", "0" * 32),
+            key = f"{Path(urls[shard_idx]).name}:unreadable"
+            for name, value in (("keys", key), ("uids", uid_for(key, {})), ("read_detail", str(rec)),
                                 ("non_utf8", False), ("read_reason", "unreadable_shard"),
                                 ("text_reason", None), ("basic_reason", None), ("sha", ""),
                                 ("caption_key", ""), ("phash", 0)):
@@ -273,7 +284,7 @@ def curate(in_shards, out_dir: str | os.PathLike, cfg: CurateConfig) -> CurateRe
     n = len(feats)
     readable = np.array([r is None for r in feats.read_reason], dtype=bool)
     reason_of: dict[int, tuple[str, str, str]] = {
-        i: ("read", feats.read_reason[i], "") for i in np.flatnonzero(~readable)}
+        i: ("read", feats.read_reason[i], feats.read_detail[i]) for i in np.flatnonzero(~readable)}
     alive = readable.copy()
     decisions: dict[str, Decision] = {}
     sizes = [("in", n), ("read", int(alive.sum()))]

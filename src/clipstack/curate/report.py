@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from clipstack.curate.steps import decide
+from clipstack.errors import DataError
 
 # Which ground-truth defect types each step is meant to catch.
 TARGETS: dict[str, tuple[str, ...]] = {
@@ -37,6 +38,25 @@ def find_ground_truth(in_shards) -> Path | None:
         if cand.exists():
             return cand
     return None
+
+
+def check_ground_truth(gt_path: str | os.PathLike) -> Path:
+    """The ground-truth file, checked before curation runs: DataError naming it if it is missing, not
+    parquet, or lacks the `key`/`defect` columns."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = Path(gt_path)
+    if not path.is_file():
+        raise DataError(f"{path}: ground-truth file not found")
+    try:
+        names = pq.read_schema(path).names
+    except (OSError, pa.ArrowException) as exn:
+        raise DataError(f"{path}: ground truth is not a readable parquet file ({exn})") from None
+    missing = [c for c in ("key", "defect") if c not in names]
+    if missing:
+        raise DataError(f"{path}: ground truth lacks column(s) {', '.join(missing)} (has {', '.join(names)})")
+    return path
 
 
 def score_steps(result, gt_path: str | os.PathLike) -> list[dict]:

@@ -75,6 +75,7 @@ class Features:
     uids: list[str] = field(default_factory=list)
     shard: list[int] = field(default_factory=list)
     read_reason: list[str | None] = field(default_factory=list)
+    read_detail: list[str] = field(default_factory=list)  # why a read failed, for the ledger ("" if read)
     non_utf8: list[bool] = field(default_factory=list)
     text_reason: list[str | None] = field(default_factory=list)
     basic_reason: list[str | None] = field(default_factory=list)
