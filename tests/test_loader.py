@@ -142,3 +142,24 @@ def test_hard_negative_slot_follows_the_captions(tools, shards):
     counts = totals["counts"]
     assert counts["hard_negative"] + counts["no_hard_negative"] == counts["kept"] == 32
     assert 0 < counts["hard_negative"] < 32  # one of the two captions of each sample names a square
+
+
+def test_sample_key_not_utf8_is_counted_corrupt_not_an_unreadable_shard(tools, tmp_path):
+    samples = make_samples(0, 4)
+    with tarfile.open(tmp_path / "00000.tar", "w", format=tarfile.GNU_FORMAT) as out:
+        for i, sample in enumerate(samples):
+            key = sample.key.encode() if i != 1 else b"bad\xffkey"  # a foreign tool's raw name
+            for ext, data in ((b".jpg", sample.image), (b".txt", sample.caption.encode())):
+                info = tarfile.TarInfo((key + ext).decode("utf-8", "surrogateescape"))
+                info.size = len(data)
+                out.addfile(info, io.BytesIO(data))
+    spec = _spec(tools, tmp_path / "00000.tar", batch_size=3, steps=1, shuffle_buffer=0)
+    totals: dict = {}
+    keys = []
+    for batch in TrainLoader(spec, epoch=0):
+        merge_stats(totals, batch["stats"])
+        keys += batch["keys"]
+    counts = totals["counts"]
+    assert keys == [samples[0].key, samples[2].key, samples[3].key]
+    assert counts["corrupt"] == 1 and counts.get("unreadable_shards", 0) == 0
+    assert counts["seen"] == counts["kept"] + counts["corrupt"]

@@ -12,7 +12,10 @@ def register(sub) -> None:
                     "parquet/JSONL table with image path-or-URL and caption columns; or .tar shards), "
                     "check, fetch, resize and re-encode every row, and write WebDataset shards in "
                     "img2dataset's layout to OUT_DIR. Every row ends kept or dropped with a reason "
-                    "(OUT_DIR/_stats.json, OUT_DIR/_ledger.parquet). Rerun the same command to resume.")
+                    "(OUT_DIR/_stats.json, OUT_DIR/_ledger.parquet). Rerun the same command to resume: "
+                    "finished shards are kept (damaged ones redone); a rerun with other input, column, "
+                    "shard-size or image options is refused (use a new OUT_DIR), while --processes, "
+                    "--threads, --timeout and --retries may change.")
     p.add_argument("src", metavar="SRC", help="input folder, table file, or shards (a .tar, folder or {a..b} pattern)")
     p.add_argument("out_dir", metavar="OUT_DIR", help="output folder for the shards")
     g = p.add_argument_group("input")
@@ -45,14 +48,37 @@ def register(sub) -> None:
     p.set_defaults(func=handle_ingest)
 
 
+def _check_options(args: argparse.Namespace) -> None:
+    """Refuse out-of-range numbers up front, naming the option as typed (not a field deep inside)."""
+    import math
+
+    from clipstack.errors import ConfigError
+
+    checks = [
+        ("--timeout", args.timeout, math.isfinite(args.timeout) and args.timeout > 0, "must be > 0 seconds"),
+        ("--retries", args.retries, args.retries >= 0, "must be >= 0"),
+        ("--max-pixels", args.max_pixels, args.max_pixels >= 1, "must be >= 1"),
+        ("--min-image-size", args.min_image_size, args.min_image_size >= 0, "must be >= 0"),
+        ("--image-size", args.image_size, args.image_size >= 1, "must be >= 1"),
+        ("--shard-size", args.shard_size, args.shard_size >= 1, "must be >= 1"),
+        ("--processes", args.processes, args.processes >= 1, "must be >= 1"),
+        ("--threads", args.threads, args.threads >= 1, "must be >= 1"),
+        ("--encode-quality", args.encode_quality, 0 <= args.encode_quality <= 100, "must be 0..100"),
+    ]
+    for flag, value, ok, why in checks:
+        if not ok:
+            raise ConfigError(f"{flag} {value}: {why}")
+
+
 def handle_ingest(args: argparse.Namespace) -> int:
     from clipstack.data.ingest import IngestConfig, ingest
     from clipstack.data.resize import Resizer
 
+    _check_options(args)
     resizer = Resizer(image_size=args.image_size, resize_mode=args.resize_mode,
                       resize_only_if_bigger=args.resize_only_if_bigger, encode_format=args.encode_format,
                       encode_quality=args.encode_quality, min_image_size=args.min_image_size,
-                      max_pixels=args.max_pixels or None)
+                      max_pixels=args.max_pixels)
     cfg = IngestConfig(source_kind=args.source_kind, url_col=args.url_col, caption_cols=args.caption_col,
                        key_col=args.key_col, shard_size=args.shard_size, processes=args.processes,
                        threads=args.threads, timeout=args.timeout, retries=args.retries, resizer=resizer)

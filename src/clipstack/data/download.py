@@ -2,7 +2,8 @@
 
 URLs are fetched with a per-request timeout and a few retries with backoff, by a bounded pool of
 threads per worker process (downloading is I/O bound; the decode/resize step is not, and runs in the
-worker processes). Every failure maps to a ledger reason: `missing_file`, `http_error` or `timeout`.
+worker processes). Every failure maps to a ledger reason: `missing_file`, `http_error`, `timeout`, or
+`unsupported_url` (a scheme other than http, https or file).
 """
 
 from __future__ import annotations
@@ -35,11 +36,17 @@ class Fetcher:
             raise SampleError("missing_file", "no image path or URL given (or no image in the sample)")
         if is_url(location):
             return self._http(location)
+        scheme = location.split("://", 1)[0] if "://" in location else ""
+        if scheme and scheme.lower() != "file":
+            raise SampleError("unsupported_url", f"{location}: unsupported URL scheme {scheme!r} "
+                                                 "(expected http, https, file or a local path)")
         path = location.removeprefix("file://")
         try:
             with open(path, "rb") as fh:
                 return fh.read(self.max_bytes + 1)
-        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        except IsADirectoryError:
+            raise SampleError("missing_file", f"{path}: is a folder, not an image file") from None
+        except (FileNotFoundError, NotADirectoryError):
             raise SampleError("missing_file", f"{path}: no such file") from None
         except OSError as exn:
             raise SampleError("missing_file", f"{path}: cannot read ({exn.strerror or exn})") from None

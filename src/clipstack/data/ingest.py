@@ -3,14 +3,20 @@
 Steps, each in its own module: `sources` (rows in a fixed order) -> keys, duplicate check and shard
 assignment here -> per shard, in a worker process: caption check, `download` (bounded threads),
 `resize` (check, resize, encode) -> `shards.write_shard` (atomic). A shard whose tar, manifest and stats
-exist is skipped on a rerun, so an interrupted ingest resumes where it stopped. At the end the per-shard
+exist and agree (`shards.shard_done`) is skipped on a rerun, so an interrupted ingest resumes where it
+stopped; a damaged one is redone. A rerun must use the same options that shape the output (source,
+columns, shard size, image options; `_ingest_config.json` records them) or it is refused, naming the
+option; work options (processes, threads, timeout, retries) may change. At the end the per-shard
 manifests are merged into `_ledger.parquet` (one row per input row: kept or the drop reason) and the
-totals into `_stats.json`, and `in == kept + dropped` is checked before the summary is printed.
+totals into `_stats.json`, and `in == kept + dropped` is checked before the summary is printed. Input
+that has no rows to count (a missing, truncated or corrupt input shard) is listed in `_stats.json`
+(`source_errors`) and in the summary; if no input could be read at all, ingest fails after writing it.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import multiprocessing
 import os
 import sys
@@ -27,10 +33,13 @@ from clipstack.data.resize import Resizer
 from clipstack.data.shards import Drop, Sample, SampleError, shard_done, shard_name, write_shard, write_sizes
 from clipstack.data.sources import Row, count_hint, open_source
 from clipstack.errors import ConfigError, DataError
-from clipstack.io import write_json
+from clipstack.io import read_json, write_json
 
-DROP_REASONS = ("missing_file", "http_error", "timeout", "undecodable_image", "decompression_bomb",
-                "too_small", "empty_caption", "non_utf8_caption", "duplicate_key")
+DROP_REASONS = ("missing_file", "http_error", "timeout", "unsupported_url", "undecodable_image",
+                "decompression_bomb", "too_small", "empty_caption", "non_utf8_caption", "non_utf8_key",
+                "malformed_row", "duplicate_key")
+# Options that shape the output: a resume with other values would mix two jobs' shards.
+JOB_OPTIONS = ("source", "shard_size", "source_kind", "url_col", "caption_cols", "key_col")
 
 
 @dataclass
@@ -51,6 +60,10 @@ class IngestConfig:
             raise ConfigError(f"shard_size={self.shard_size}: must be >= 1")
         if self.processes < 1 or self.threads < 1:
             raise ConfigError(f"processes={self.processes}, threads={self.threads}: both must be >= 1")
+        if not (math.isfinite(self.timeout) and self.timeout > 0):
+            raise ConfigError(f"timeout={self.timeout}: must be a number of seconds > 0")
+        if self.retries < 0:
+            raise ConfigError(f"retries={self.retries}: must be >= 0")
 
 
 @dataclass
@@ -62,6 +75,7 @@ class IngestResult:
     shards: int
     skipped_shards: int
     duration: float
+    source_errors: list[str] = field(default_factory=list)  # unreadable input, with no rows to count
 
     @property
     def dropped_total(self) -> int:
@@ -70,8 +84,10 @@ class IngestResult:
     def summary(self) -> str:
         reasons = ", ".join(f"{k} {v}" for k, v in sorted(self.dropped.items(), key=lambda kv: (-kv[1], kv[0])))
         resumed = f" ({self.skipped_shards} already done)" if self.skipped_shards else ""
+        unreadable = f" | {len(self.source_errors)} input unreadable" if self.source_errors else ""
         return (f"ingest: in {self.total} | kept {self.kept} | dropped {self.dropped_total}"
-                f"{': ' + reasons if reasons else ''} | {self.shards} shards{resumed} in {self.out_dir}")
+                f"{': ' + reasons if reasons else ''}{unreadable} | {self.shards} shards{resumed} in {self.out_dir}"
+                + "".join(f"\n  unreadable input: {err}" for err in self.source_errors))
 
 
 def ingest(src: str | os.PathLike, out_dir: str | os.PathLike, config: IngestConfig | None = None,
@@ -81,10 +97,17 @@ def ingest(src: str | os.PathLike, out_dir: str | os.PathLike, config: IngestCon
 
     cfg = config or IngestConfig()
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise DataError(f"{out}: OUT_DIR exists and is not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exn:
+        raise DataError(f"{out}: cannot create OUT_DIR ({exn.strerror or exn})") from None
     start = time.time()
     _check_same_job(out, str(src), cfg)
-    rows = open_source(str(src), cfg.source_kind, cfg.url_col, cfg.caption_cols, cfg.key_col)
+    source_errors: list[str] = []
+    rows = open_source(str(src), cfg.source_kind, cfg.url_col, cfg.caption_cols, cfg.key_col,
+                       on_source_error=source_errors.append)
     bar = progress(total=count_hint(str(src), cfg.source_kind), desc="ingest", unit="img",
                    disable=None if show_progress is None else not show_progress)
     shards = skipped = 0
@@ -97,19 +120,29 @@ def ingest(src: str | os.PathLike, out_dir: str | os.PathLike, config: IngestCon
                 continue
             pool.submit(_process_shard, str(out), index, batch, cfg, callback=bar.update)
         pool.drain(callback=bar.update)
-    return finalize(out, shards, skipped, time.time() - start)
+    return finalize(out, shards, skipped, time.time() - start, source_errors)
 
 
 def _check_same_job(out: Path, src: str, cfg: IngestConfig) -> None:
-    """Resuming is only sound with the same source and shard size; refuse to mix two jobs' shards."""
+    """Resuming is only sound with the same output-shaping options; refuse to mix two jobs' shards."""
     path = out / "_ingest_config.json"
     current = {"source": src if "://" in src else os.path.abspath(src), **_config_json(cfg)}
     if path.exists() and any(out.glob("*_stats.json")):  # a failed start (bad column...) binds nothing
-        previous = json.loads(path.read_text(encoding="utf-8"))
-        for name in ("source", "shard_size", "source_kind", "url_col", "caption_cols", "key_col"):
-            if previous.get(name) != current.get(name):
-                raise ConfigError(f"{out}: holds shards of another ingest ({name}={previous.get(name)!r}, "
-                                  f"now {current.get(name)!r}); use a new OUT_DIR or the same options")
+        try:  # damaged: the shards there cannot be tied to any options, so none is trusted
+            previous = read_json(path, "ingest config of the previous run")
+        except DataError as err:
+            raise DataError(f"{err}; use a new OUT_DIR") from None
+        if not isinstance(previous, dict):
+            raise DataError(f"{path}: ingest config of the previous run is not a JSON object; "
+                            "use a new OUT_DIR")
+        pairs = [(name, previous.get(name), current.get(name)) for name in JOB_OPTIONS]
+        old_img, new_img = previous.get("resizer"), current["resizer"]
+        if isinstance(old_img, dict):  # image options: every one changes the stored bytes
+            pairs += [(name, old_img.get(name), value) for name, value in new_img.items()]
+        for name, before, now in pairs:
+            if before != now:
+                raise ConfigError(f"{out}: holds shards of another ingest ({name}={before!r}, now {now!r}); "
+                                  "use a new OUT_DIR or the same options")
     write_json(path, current)
 
 
@@ -121,8 +154,11 @@ def _shard_batches(rows: Iterator[Row], shard_size: int) -> Iterator[list[tuple[
     index = 0
     for row in rows:
         key = row.key or f"{index:05d}{len(batch):0{digits}d}"
-        batch.append((row, key, key in seen))
-        seen.add(key)
+        if row.drop:  # dropped anyway: its key (often a lossy stand-in) must not shadow a later row's
+            batch.append((row, key, False))
+        else:
+            batch.append((row, key, key in seen))
+            seen.add(key)
         if len(batch) == shard_size:
             yield batch
             batch, index = [], index + 1
@@ -136,6 +172,9 @@ def _process_shard(out_dir: str, index: int, batch: list[tuple[Row, str, bool]],
     checked: list[tuple[Row, str, list[str] | Drop]] = []
     for row, key, duplicate in batch:
         meta = {**row.meta, "key": key}
+        if row.drop:
+            checked.append((row, key, Drop(key, *row.drop, meta)))
+            continue
         if duplicate:
             checked.append((row, key, Drop(key, "duplicate_key", f"key {key} already used by an earlier row", meta)))
             continue
@@ -189,8 +228,13 @@ def check_captions(row: Row) -> tuple[list[str], str, str]:
     return clean, "", ""
 
 
-def finalize(out_dir: str | os.PathLike, shards: int, skipped: int = 0, duration: float = 0.0) -> IngestResult:
-    """Merge shard manifests into `_ledger.parquet`, totals into `_stats.json`, write `sizes.json`."""
+def finalize(out_dir: str | os.PathLike, shards: int, skipped: int = 0, duration: float = 0.0,
+             source_errors: list[str] | None = None) -> IngestResult:
+    """Merge shard manifests into `_ledger.parquet`, totals into `_stats.json`, write `sizes.json`.
+
+    `source_errors` (unreadable input) go into `_stats.json`; if there are some and no row at all was
+    read, `DataError` is raised after writing it, so a wrong or broken input does not pass for empty.
+    """
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -200,7 +244,11 @@ def finalize(out_dir: str | os.PathLike, shards: int, skipped: int = 0, duration
     tables = []
     for index in range(shards):
         name = shard_name(index)
-        table = pq.read_table(out / f"{name}.parquet", columns=["key", "url", "status", "error_message"])
+        try:
+            table = pq.read_table(out / f"{name}.parquet", columns=["key", "url", "status", "error_message"])
+        except (OSError, ValueError, KeyError) as exn:  # ArrowInvalid is a ValueError
+            raise DataError(f"{out / name}.parquet: unreadable shard manifest ({type(exn).__name__}: {exn}); "
+                            "rerun the ingest to redo the shard") from None
         tables.append(table.append_column("shard", pa.array([f"{name}.tar"] * table.num_rows, pa.string())))
     ledger = pa.concat_tables(tables) if tables else pa.table(
         {c: pa.array([], pa.string()) for c in ("key", "url", "status", "error_message", "shard")})
@@ -212,11 +260,16 @@ def finalize(out_dir: str | os.PathLike, shards: int, skipped: int = 0, duration
     if total != kept + sum(status.values()):  # cannot happen unless a manifest is damaged: say so loudly
         raise DataError(f"{out}: ledger does not add up (in {total} != kept {kept} + dropped)")
     write_sizes(out)
-    result = IngestResult(out, total, kept, dict(sorted(status.items())), shards, skipped, round(duration, 3))
+    errors = list(source_errors or [])
+    result = IngestResult(out, total, kept, dict(sorted(status.items())), shards, skipped, round(duration, 3),
+                          errors)
     write_json(out / "_stats.json", {
         "in": total, "kept": kept, "dropped": result.dropped_total, "dropped_by_reason": result.dropped,
-        "shards": shards, "skipped_shards": skipped, "duration": result.duration,
+        "shards": shards, "skipped_shards": skipped, "duration": result.duration, "source_errors": errors,
     })
+    if errors and total == 0:
+        more = f" (and {len(errors) - 1} more; see {out / '_stats.json'})" if len(errors) > 1 else ""
+        raise DataError(f"no input could be read: {errors[0]}{more}")
     return result
 
 

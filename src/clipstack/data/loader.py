@@ -145,10 +145,11 @@ class _Stats:
         self.counts: Counter = Counter()
         self.per_source: Counter = Counter()
         self.per_shard: Counter = Counter()
+        self.shard_errors: dict[str, str] = {}  # url -> why it could not be read (first message)
 
     def pop(self) -> dict[str, Any]:
         out = {"counts": dict(self.counts), "per_source": dict(self.per_source),
-               "per_shard": dict(self.per_shard)}
+               "per_shard": dict(self.per_shard), "shard_errors": dict(self.shard_errors)}
         self.__init__()
         return out
 
@@ -285,8 +286,13 @@ class _ReaderStream:
         for url, passes in self._shards(src_idx, src):
             got = 0
 
-            def on_error(err: DataError) -> None:
+            def on_error(err: DataError, url: str = url) -> None:
+                if getattr(err, "reason", None) == "non_utf8_key":  # one sample skipped; the shard goes on
+                    self.stats.counts["seen"] += 1
+                    self.stats.counts["corrupt"] += 1
+                    return
                 self.stats.counts["unreadable_shards"] += 1
+                self.stats.shard_errors.setdefault(url, str(err))
 
             for raw in iter_shard(url, on_error=on_error):
                 self.stats.counts["seen"] += 1

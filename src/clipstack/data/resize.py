@@ -55,6 +55,10 @@ class Resizer:
             raise ConfigError(f"image_size={self.image_size}: must be >= 1")
         if not 0 <= self.encode_quality <= 100:
             raise ConfigError(f"encode_quality={self.encode_quality}: expected 0..100")
+        if self.max_pixels is not None and self.max_pixels < 1:
+            raise ConfigError(f"max_pixels={self.max_pixels}: must be >= 1 (None for no limit)")
+        if self.min_image_size < 0:
+            raise ConfigError(f"min_image_size={self.min_image_size}: must be >= 0")
 
     def __call__(self, data: bytes) -> ResizedImage:
         img = open_image(data, max_pixels=self.max_pixels, load=False)

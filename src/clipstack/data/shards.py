@@ -20,11 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from clipstack.errors import DataError
-from clipstack.io import atomic_path, write_json
+from clipstack.io import atomic_path, read_json, write_json
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 TAR_MTIME = 0  # fixed so the same samples give byte-identical tars
-FETCH_REASONS = ("missing_file", "http_error", "timeout")
+FETCH_REASONS = ("missing_file", "http_error", "timeout", "unsupported_url")
 
 
 @dataclass
@@ -141,7 +141,7 @@ def write_sizes(out_dir: str | os.PathLike) -> dict[str, int]:
     out = Path(out_dir)
     sizes = {}
     for stats_file in sorted(out.glob("*_stats.json")):
-        stats = json.loads(stats_file.read_text(encoding="utf-8"))
+        stats = read_json(stats_file, "shard stats")
         tar_name = stats_file.name.removesuffix("_stats.json") + ".tar"
         if (out / tar_name).exists():
             sizes[tar_name] = int(stats.get("successes", 0))
@@ -150,9 +150,49 @@ def write_sizes(out_dir: str | os.PathLike) -> dict[str, int]:
 
 
 def shard_done(out_dir: str | os.PathLike, index: int) -> bool:
-    """True when shard `index` was finished (tar, manifest and stats all present)."""
+    """True when shard `index` was finished and is intact, so a rerun may skip it.
+
+    Intact: the stats file reads as JSON, the manifest's footer says it holds `count` rows, and the
+    tar reads to its end-of-archive block with `successes` samples. Writes are atomic, so damage means
+    something outside clipstack cut or replaced a file (a full disk, a copy that stopped, an edit): the
+    shard is then redone rather than trusted. Only tar headers are read (member data is skipped by
+    seeking), so the check is cheap even for large shards.
+    """
     out, name = Path(out_dir), shard_name(index)
-    return all((out / f"{name}{suffix}").exists() for suffix in (".tar", ".parquet", "_stats.json"))
+    if not all((out / f"{name}{suffix}").exists() for suffix in (".tar", ".parquet", "_stats.json")):
+        return False
+    try:
+        stats = json.loads((out / f"{name}_stats.json").read_text(encoding="utf-8"))
+        count, successes = int(stats["count"]), int(stats["successes"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return _manifest_rows(out / f"{name}.parquet") == count and tar_sample_count(out / f"{name}.tar") == successes
+
+
+def _manifest_rows(path: Path) -> int | None:
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.ParquetFile(path).metadata.num_rows
+    except (OSError, ValueError):  # ArrowInvalid is a ValueError: not a parquet file
+        return None
+
+
+def tar_sample_count(path: str | os.PathLike) -> int | None:
+    """Samples (keys with an image member) in a whole tar; None if it is truncated or unreadable."""
+    from webdataset.tariterators import base_plus_ext
+
+    keys: set[str] = set()
+    try:
+        with tarfile.open(path, mode="r:", tarinfo=_EndAwareTarInfo) as tar:
+            for info in tar:
+                prefix, suffix = base_plus_ext(info.name)
+                if info.isreg() and prefix is not None and suffix in IMAGE_EXTS:
+                    keys.add(prefix)
+            whole = getattr(tar, "clipstack_end_block", False)
+    except (tarfile.TarError, OSError, EOFError, ValueError):
+        return None
+    return len(keys) if whole else None
 
 
 _MANIFEST_FIELDS = [
@@ -255,17 +295,35 @@ def iter_shard(path: str | os.PathLike, on_error: Callable[[DataError], None] | 
     are grouped here rather than by webdataset's `group_by_keys`, which holds each sample until the next
     key shows up and so loses the last whole sample before the damage; here that sample is yielded (every
     member it has was read in full) and counted in N.
+
+    A sample whose key (member name) is not UTF-8 is skipped: its key could not be written to any JSON,
+    parquet or text output downstream. It is reported as a `SampleError` (reason `non_utf8_key`, the
+    raw name in the message) through `on_error`, and the shard goes on; without `on_error` it is raised.
     """
     from webdataset.tariterators import base_plus_ext
 
     path = str(path)
     count = 0
     current: dict[str, Any] | None = None
+    bad_key: str | None = None
     try:
         with open(path, "rb") as fh:
             for name, data in _tar_members(fh):
                 prefix, suffix = base_plus_ext(name)
-                if prefix is None:
+                if prefix is None or prefix == bad_key:
+                    continue
+                if not is_utf8(prefix):
+                    if current is not None:
+                        count += 1
+                        yield current
+                        current = None
+                    bad_key = prefix
+                    raw_name = prefix.encode("utf-8", "surrogateescape")
+                    err = SampleError("non_utf8_key", f"{path}: sample key {raw_name!r} is not UTF-8; "
+                                                      "sample skipped", key=prefix)
+                    if on_error is None:
+                        raise err
+                    on_error(err)
                     continue
                 if current is not None and current["__key__"] != prefix:
                     count += 1
@@ -293,6 +351,15 @@ def iter_shard(path: str | os.PathLike, on_error: Callable[[DataError], None] | 
         return
     if current is not None:
         yield current
+
+
+def is_utf8(text: str) -> bool:
+    """False when `text` carries undecodable bytes (tarfile and os decode them as lone surrogates)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def decode_sample(raw: dict[str, Any]) -> Sample:
@@ -339,10 +406,11 @@ DEFAULT_MAX_PIXELS = 89_478_485
 class SampleError(DataError):
     """One sample cannot be used; `reason` is the ledger code (`undecodable_image`, ...)."""
 
-    def __init__(self, reason: str, detail: str):
+    def __init__(self, reason: str, detail: str, key: str | None = None):
         super().__init__(detail)
         self.reason = reason
         self.detail = detail
+        self.key = key  # the sample's key as read, when the error comes from a shard reader
 
 
 def open_image(data: bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS, load: bool = True):
