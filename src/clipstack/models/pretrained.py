@@ -157,7 +157,9 @@ def adapt_state_dict(state_dict: dict[str, torch.Tensor], model: nn.Module) -> d
     return state_dict
 
 
-def _check_keys(state_dict: dict, model: nn.Module, source: str) -> None:
+def check_keys(state_dict: dict, model: nn.Module, source: str) -> None:
+    """Raise one ClipstackError naming `source` and the first differing keys/shapes unless
+    `state_dict` fits `model` exactly (also used when resuming a training checkpoint)."""
     expected = model.state_dict()
     missing = [k for k in expected if k not in state_dict]
     unexpected = [k for k in state_dict if k not in expected]
@@ -180,7 +182,7 @@ def load_checkpoint(model: nn.Module, path: str | Path, strict: bool = True) -> 
     weights = resolve_weights(path)
     state_dict = adapt_state_dict(read_state_dict(weights), model)
     if strict:
-        _check_keys(state_dict, model, str(weights))
+        check_keys(state_dict, model, str(weights))
     else:
         expected = model.state_dict()
         state_dict = {k: v for k, v in state_dict.items() if k in expected and v.shape == expected[k].shape}

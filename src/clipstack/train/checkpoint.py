@@ -6,25 +6,30 @@ data position and counters) -- or, under FSDP, `sharded/` written by torch.distr
 CUDA generator states) and `meta.json`, written last. The folder is assembled as `.tmp-step_000120` and
 renamed into place, so a kill at any moment leaves the earlier checkpoints whole; `latest` is the highest
 step folder that has its `meta.json`. Only the last K are kept.
+
+Loading never ends in a torch traceback: a damaged file is a `DataError` naming it, a checkpoint of another
+model a `ClipstackError` naming the first differing keys, and `--resume latest` passes over a damaged
+newest checkpoint (with a warning naming it) to the newest intact one.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import shutil
+import sys
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from clipstack.errors import ClipstackError
-from clipstack.io import write_json
+from clipstack.errors import ClipstackError, DataError
+from clipstack.io import read_json, write_json
 
 __all__ = ["checkpoint_dir", "list_checkpoints", "resolve_resume", "save_checkpoint", "load_checkpoint",
-           "rng_state", "set_rng_state"]
+           "check_checkpoint", "rng_state", "set_rng_state"]
 
 _PREFIX = "step_"
 
@@ -42,17 +47,67 @@ def list_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name[len(_PREFIX):]))
 
 
-def resolve_resume(resume: str | None, run_dir: str | os.PathLike) -> Path | None:
-    """`latest` -> the newest complete checkpoint of `run_dir` (None when there is none yet); a path -> it."""
+def resolve_resume(resume: str | None, run_dir: str | os.PathLike, warn: bool = True) -> Path | None:
+    """`latest` -> the newest intact checkpoint of `run_dir` (None when there is none yet); a path -> it.
+
+    Checkpoints are written atomically, so a damaged one was broken from outside; `latest` then warns,
+    naming it, and falls back to the next older one. Every rank makes the same choice (the checks read
+    the same files). A named folder that is damaged is an error: the user asked for that one."""
     if not resume:
         return None
     if resume == "latest":
         found = list_checkpoints(run_dir)
-        return found[-1] if found else None
+        problems = []
+        for path in reversed(found):
+            try:
+                check_checkpoint(path)
+                return path
+            except DataError as err:
+                problems.append(str(err))
+                if warn:
+                    print(f"clipstack: warning: skipping damaged checkpoint: {err}", file=sys.stderr, flush=True)
+        if found:
+            raise DataError(f"checkpoint.resume: no intact checkpoint in {checkpoint_dir(run_dir)} "
+                            f"({len(found)} damaged; newest: {problems[0]})")
+        return None
     path = Path(resume)
     if not (path / "meta.json").is_file():
         raise ClipstackError(f"checkpoint.resume: {path} is not a complete checkpoint folder (no meta.json)")
+    check_checkpoint(path)
     return path
+
+
+def check_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Cheap integrity check of a checkpoint folder; its meta.json, or `DataError` naming the bad file.
+
+    Reads meta.json and the zip directories of state.pt and the rng files (torch.save writes zip
+    archives whose directory sits at the end, so a truncated file has none) without loading tensors."""
+    path = Path(path)
+    meta = read_json(path / "meta.json", "checkpoint meta.json")
+    if not isinstance(meta, dict) or not isinstance(meta.get("step"), int):
+        raise DataError(f"{path / 'meta.json'}: checkpoint meta.json has no step number")
+    files = [path / "state.pt", *sorted(path.glob("rng_rank*.pt"))]
+    for file in files:
+        if not file.is_file():
+            raise DataError(f"{file}: checkpoint file is missing")
+        try:
+            with zipfile.ZipFile(file) as zf:
+                zf.namelist()
+        except (zipfile.BadZipFile, OSError, ValueError) as exn:
+            raise DataError(f"{file}: checkpoint file is damaged or truncated ({exn})") from None
+    return meta
+
+
+def _torch_load(file: Path, what: str) -> Any:
+    """torch.load, with a damaged or missing file reported as one DataError naming it."""
+    try:
+        return torch.load(file, map_location="cpu", weights_only=False)
+    except FileNotFoundError:
+        raise DataError(f"{file}: {what} is missing") from None
+    except Exception as exn:  # torch and pickle raise many types for a cut or garbled file
+        text = str(exn).strip()
+        first = text.splitlines()[0] if text else type(exn).__name__
+        raise DataError(f"{file}: {what} is damaged or truncated ({first})") from None
 
 
 def rng_state() -> dict[str, Any]:
@@ -140,8 +195,10 @@ def load_checkpoint(path: str | os.PathLike, *, model: torch.nn.Module, optimize
                     restore_rng: bool = True) -> dict[str, Any]:
     """Restore every part saved by `save_checkpoint` in place; return the saved dict (step, epoch, ...)."""
     path = Path(path)
-    meta = json.loads((path / "meta.json").read_text(encoding="utf-8"))
-    state = torch.load(path / "state.pt", map_location="cpu", weights_only=False)
+    meta = read_json(path / "meta.json", "checkpoint meta.json")
+    state = _torch_load(path / "state.pt", "checkpoint state")
+    if not isinstance(meta, dict) or not isinstance(state, dict):
+        raise DataError(f"{path}: not a clipstack training checkpoint (meta.json or state.pt is not a mapping)")
     if meta.get("sharded"):
         import torch.distributed.checkpoint as dcp
         from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
@@ -154,17 +211,34 @@ def load_checkpoint(path: str | os.PathLike, *, model: torch.nn.Module, optimize
         weights = state.get("state_dict", state.get("model"))  # "model": checkpoints before 0.1
         if weights is None:
             raise ClipstackError(f"{path}: checkpoint has no model state")
-        _unwrap(model).load_state_dict(weights)
-        optimizer.load_state_dict(state["optimizer"])
+        _load_weights(_unwrap(model), weights, path / "state.pt")
+        try:
+            optimizer.load_state_dict(state["optimizer"])
+        except (KeyError, ValueError) as exn:
+            raise ClipstackError(f"{path / 'state.pt'}: the optimizer state does not match this run's "
+                                 f"trainable parameters ({exn}); resume with the checkpoint's "
+                                 "model.lock_image / model.lock_text settings") from None
     if scheduler is not None and state.get("scheduler") is not None:
         scheduler.load_state_dict(state["scheduler"])
     if scaler is not None and state.get("scaler") is not None:
         scaler.load_state_dict(state["scaler"])
     rng_file = path / f"rng_rank{rank}.pt"
     if restore_rng and rng_file.is_file():
-        set_rng_state(torch.load(rng_file, map_location="cpu", weights_only=False))
+        set_rng_state(_torch_load(rng_file, "checkpoint RNG state"))
     state["meta"] = meta
     return state
+
+
+def _load_weights(model: torch.nn.Module, weights: dict[str, Any], file: Path) -> None:
+    """load_state_dict, with a checkpoint of another model named in one line, not torch's key dump."""
+    from clipstack.models.pretrained import check_keys
+
+    try:
+        check_keys(weights, model, str(file))
+    except ClipstackError as err:
+        raise ClipstackError(f"checkpoint.resume: {err} (was the run trained with another model.name or "
+                             "model.overrides?)") from None
+    model.load_state_dict(weights)
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from pathlib import Path
 
 _SHORTCUTS = {"resume": "checkpoint.resume", "run_dir": "logging.run_dir", "fsdp": "distributed.fsdp",
               "model": "model.name", "data": "data.urls"}
@@ -66,11 +67,33 @@ def _train(args: argparse.Namespace) -> int:
         m = result.last_metrics
         print(f"trained {result.step} steps ({result.stopped}); loss {m.get('loss', float('nan')):.4f}; "
               f"run folder {result.run_dir}; export {result.export_path}")
-        counts = result.data_stats.get("counts", {})
-        dropped = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()) if k not in ("seen", "kept"))
-        print(f"data: {counts.get('kept', 0)} samples used, {counts.get('seen', 0)} read"
-              + (f"; skipped: {dropped}" if dropped else ""))
+        print(data_line(result.data_stats))
     return 0
+
+
+# Counts that are not sample drops: labels of kept samples, and shard-level counts reported apart.
+_LABELS = ("repeated", "hard_negative", "no_hard_negative")
+_SHARDS = ("unreadable_shards", "unreadable_shard_reads")
+
+
+def data_line(report: dict) -> str:
+    """One line that adds up: read = used + each drop reason + still in the shuffle buffer at the end."""
+    counts = report.get("counts", {})
+    skip = ("seen", "kept", "unused_in_buffer", *_LABELS, *_SHARDS)
+    dropped = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()) if k not in skip and v)
+    line = f"data: {counts.get('seen', 0)} samples read = {counts.get('kept', 0)} used"
+    line += f" + {counts.get('unused_in_buffer', 0)} unused (in the shuffle buffer at the end)"
+    if dropped:
+        line += f" + skipped ({dropped})"
+    labels = ", ".join(f"{k} {counts[k]}" for k in _LABELS if counts.get(k))
+    if labels:
+        line += f"; of the used: {labels}"
+    errors = report.get("shard_errors") or {}
+    if counts.get("unreadable_shards") or errors:
+        names = ", ".join(sorted(Path(u).name for u in errors)[:5]) + (" ..." if len(errors) > 5 else "")
+        line += (f"; unreadable shards {counts.get('unreadable_shards', len(errors))} ({names}; "
+                 f"{counts.get('unreadable_shard_reads', 0)} read attempts; reasons in summary.json)")
+    return line
 
 
 def _plot(args: argparse.Namespace) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import os
 import types
 import typing
@@ -212,14 +213,88 @@ def _convert(value: Any, hint: Any, where: str) -> Any:
         if isinstance(value, bool):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
         try:
-            return float(value)
+            fval = float(value)
         except (TypeError, ValueError):
             raise ConfigError(f"{where}: expected a number, got {value!r}") from None
+        # No float knob means anything at inf or nan: they only surface later as a NaN model.
+        if not math.isfinite(fval):
+            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
+        return fval
     if hint is str:
         if isinstance(value, str | os.PathLike):
             return str(value)
         raise ConfigError(f"{where}: expected a string, got {value!r}")
     return value
+
+
+# model.overrides: the create_model keys outside the tower sections, and the shorthands that land in one.
+_OVERRIDE_TOP: dict[str, Any] = {"embed_dim": int, "quick_gelu": bool, "init_logit_scale": float,
+                                 "init_logit_bias": float | None, "custom_text": bool,
+                                 "nonscalar_logit_scale": bool, "cast_dtype": str | None}
+_OVERRIDE_SHORTHAND = {"image_size": "vision_cfg", "patch_dropout": "vision_cfg", "context_length": "text_cfg"}
+_POSITIVE_SIZES = {"embed_dim", "width", "heads", "head_width", "context_length", "vocab_size", "image_size",
+                   "patch_size"}
+
+
+def _override_value(value: Any, hint: Any, where: str) -> Any:
+    """`_convert` plus the tuple and union forms model configs use (`int | tuple[int, int]`)."""
+    origin = typing.get_origin(hint)
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        items = typing.get_args(hint)
+        return [_override_value(v, items[min(i, len(items) - 1)], f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        # A list value is reported against the list form, a scalar against the scalar form.
+        args.sort(key=lambda a: (typing.get_origin(a) in (tuple, list)) != isinstance(value, list | tuple))
+        if value is None and len(args) < len(typing.get_args(hint)):
+            return None
+        errors = []
+        for arg in args:
+            try:
+                return _override_value(value, arg, where)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(errors[0])
+    return _convert(value, hint, where)
+
+
+def _check_model_overrides(overrides: dict[str, Any], where: str = "model.overrides") -> dict[str, Any]:
+    """Type-check `model.overrides` against the model config's fields, so a bad value is a ConfigError
+    naming `model.overrides.<key>` now instead of a bare ValueError from deep inside model building."""
+    from clipstack.models.config import TextCfg, VisionCfg
+
+    towers = {"vision_cfg": _hints(VisionCfg), "text_cfg": _hints(TextCfg)}
+
+    def one(key: str, value: Any, hint: Any, at: str) -> Any:
+        if value is None:  # create_model skips None overrides
+            return None
+        out = _override_value(value, hint, at)
+        sizes = out if isinstance(out, list) else [out]
+        if key in _POSITIVE_SIZES and any(isinstance(v, int) and v < 1 for v in sizes):
+            raise ConfigError(f"{at}: must be >= 1, got {value!r}")
+        return out
+
+    out: dict[str, Any] = {}
+    for key, value in overrides.items():
+        at = f"{where}.{key}"
+        if key in towers:
+            if not isinstance(value, dict):
+                raise ConfigError(f"{at}: expected a mapping of {key} fields, got {value!r}")
+            # Unknown tower keys pass through: the model config names unsupported OpenCLIP fields itself.
+            out[key] = {k: one(k, v, towers[key][k], f"{at}.{k}") if k in towers[key] else v
+                        for k, v in value.items()}
+        elif key in _OVERRIDE_SHORTHAND:
+            out[key] = one(key, value, towers[_OVERRIDE_SHORTHAND[key]][key], at)
+        elif key in _OVERRIDE_TOP:
+            out[key] = one(key, value, _OVERRIDE_TOP[key], at)
+        else:
+            known = sorted([*_OVERRIDE_TOP, *_OVERRIDE_SHORTHAND, *towers])
+            close = difflib.get_close_matches(key, known, n=1)
+            raise ConfigError(f"{at}: unknown model config key"
+                              + (f" (did you mean {where}.{close[0]}?)" if close else f"; known: {', '.join(known)}"))
+    return out
 
 
 def _parse_text(text: str, where: str, as_list: bool = False) -> Any:
@@ -260,9 +335,18 @@ def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"{p}: config file not found")
-    text = p.read_text(encoding="utf-8")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exn:
+        raise ConfigError(f"{p}: config file is not UTF-8 text (byte {exn.start}: {exn.reason})") from None
+    except OSError as exn:
+        raise ConfigError(f"{p}: cannot read config file ({exn.strerror or exn})") from None
     if p.suffix.lower() in (".yaml", ".yml"):
-        import yaml
+        try:
+            import yaml
+        except ImportError:
+            raise ConfigError(f"{p}: reading YAML needs PyYAML (pip install pyyaml); or write the "
+                              "config as JSON") from None
 
         try:
             data = yaml.safe_load(text) or {}
@@ -364,6 +448,7 @@ def validate(c: TrainConfig) -> TrainConfig:
     _check(c.logging.every_steps >= 1, "logging.every_steps", "must be >= 1", c.logging.every_steps)
     _check(bool(c.logging.run_dir), "logging.run_dir", "must be a folder path", c.logging.run_dir)
     _check(c.loss in ("auto", "clip", "siglip"), "loss", "must be auto, clip or siglip", c.loss)
+    c.model.overrides = _check_model_overrides(c.model.overrides)
     _check(not (c.model.lock_image and c.model.lock_text), "model.lock_text",
            "cannot freeze both towers (nothing would train)", True)
     return c

@@ -5,11 +5,16 @@ wrap (DDP/FSDP2), build optimizer and schedule, then restore a checkpoint over a
 last). Each epoch is a `TrainLoader` started at the saved step, so a resumed run sees the same batches.
 One optimizer step is `clipstack.train.step.train_step` (contrastive-correct accumulation, autocast).
 Evaluation is not imported here: an orchestrator passes callbacks that run every N steps.
+
+A diverged run (non-finite weights or loss) ends with a `ClipstackError`, saving nothing past it. Data
+counts balance (see `runlog.data_report`); each unreadable shard is warned about once and named.
 """
 
 from __future__ import annotations
 
+import math
 import random
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,10 +25,15 @@ import torch
 from torch import nn
 
 from clipstack.errors import ClipstackError
+from clipstack.train import runlog
 from clipstack.train.config import TrainConfig, load_config
 from clipstack.train.runlog import Callback, MetricsLog, StepContext, as_callbacks, write_run_config
 
 __all__ = ["train", "TrainResult", "Callback", "StepContext"]
+
+# Consecutive steps with a non-finite loss that mean the run has diverged. One such step is a skipped
+# bad batch; a few in a row mean weights so large (finite or not) that every forward overflows.
+DIVERGED_AFTER = 3
 
 
 @dataclass
@@ -187,7 +197,7 @@ class _Run:
         cfg, info = self.cfg, self.info
         if cfg.precision.deterministic:
             torch.use_deterministic_algorithms(True)
-        resume_from = resolve_resume(cfg.checkpoint.resume, self.run_dir)
+        resume_from = resolve_resume(cfg.checkpoint.resume, self.run_dir, warn=info.is_main)
         if resume_from is None and list_checkpoints(self.run_dir):
             raise ClipstackError(f"logging.run_dir: {self.run_dir} already holds checkpoints; pass "
                                  f"--resume latest to continue it, or pick another run folder")
@@ -240,6 +250,7 @@ class _Run:
                                      f"{state.get('world_size')} ranks, this run has {info.world_size}")
             if info.is_main:
                 print(f"resumed from {resume_from} (step {self.step}, epoch {self.epoch})", flush=True)
+        self.resumed_from = resume_from
         if info.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             write_run_config(self.run_dir, cfg.to_dict(), dict(getattr(model, "model_config", {}) or {}), {
@@ -269,6 +280,7 @@ class _Run:
         start_wall = time.monotonic()
         self.last_metrics: dict[str, Any] = {}
         self.last_ckpt: Path | None = None
+        self.nonfinite_streak = 0
         stopped = "done"
         while self.step < self.total_steps:
             if self.step_in_epoch == 0:
@@ -286,6 +298,7 @@ class _Run:
                     break
                 t_data = time.perf_counter()
                 merge_stats(self.data_stats, batch["stats"])
+                self._note_shard_errors(batch["stats"].get("shard_errors"))
                 self.data_position.update(batch["stats"].get("position", {}))
                 images = batch["images"].to(info.device, non_blocking=True)
                 texts = batch["texts"].to(info.device, non_blocking=True)
@@ -297,6 +310,18 @@ class _Run:
                 except (torch.OutOfMemoryError, RuntimeError) as exn:
                     _raise_if_oom(exn, images.shape[0], cfg)
                     raise
+                if res.skipped:
+                    # Non-finite gradients: a bad batch (skipped, harmless) or diverged weights (every
+                    # later step would be skipped too); only the latter stops the run. `skipped` is the
+                    # same on every rank (global grad norm), so these collectives line up.
+                    self._check_finite(res.loss, self.step + 1)
+                    bad_loss = any_rank(not math.isfinite(res.loss), info)
+                    self.nonfinite_streak = self.nonfinite_streak + 1 if bad_loss else 0
+                else:
+                    self.nonfinite_streak = 0
+                if self.nonfinite_streak >= DIVERGED_AFTER:
+                    self._diverged(f"the loss has not been finite for {self.nonfinite_streak} steps in a "
+                                   f"row (loss {res.loss})", self.step + 1)
                 t_end = time.perf_counter()
                 self.step += 1
                 self.step_in_epoch += 1
@@ -324,7 +349,7 @@ class _Run:
                 if cfg.schedule.time_budget_s is not None and any_rank(out_of_time, info):
                     stopped = "time_budget"
                 if self.step % cfg.checkpoint.every_steps == 0 or stopped != "done":
-                    self._save()
+                    self._save(final=stopped != "done")
                 self._callbacks(final=False)
                 if stopped != "done":
                     break
@@ -338,10 +363,18 @@ class _Run:
             stopped = "max_steps"
         return stopped
 
-    def _save(self) -> None:
+    def _save(self, final: bool = True) -> None:
         from clipstack.train.checkpoint import save_checkpoint
 
         info = self.info
+        # Never checkpoint or export weights that give a non-finite loss or are not finite themselves:
+        # a periodic save waits for a finite step; the final one cannot, so the run fails instead.
+        if self.nonfinite_streak:
+            if not final:
+                return
+            self._diverged(f"the run ended on {self.nonfinite_streak} step(s) with a non-finite loss",
+                           self.step)
+        self._check_finite(self.last_metrics.get("loss"), self.step)
         gathered = [(self.data_stats, self.data_position)]
         if info.distributed:
             import torch.distributed as dist
@@ -351,7 +384,7 @@ class _Run:
         per_rank = [g[0] for g in gathered]
         # An epoch boundary restarts the streams: a position only means something mid-epoch.
         positions = [g[1] if self.step_in_epoch else {} for g in gathered]
-        self.data_totals = _sum_stats(per_rank)
+        self.data_totals = runlog.sum_data_stats(per_rank)
         self.last_ckpt = save_checkpoint(
             self.run_dir, self.step, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
             scaler=self.scaler, keep_last=self.cfg.checkpoint.keep_last, sharded=self.cfg.distributed.fsdp,
@@ -361,6 +394,36 @@ class _Run:
                    "data_position_per_rank": positions,
                    "data_topology": {"workers": self.spec.workers, "seed": self.spec.seed,
                                      "steps_per_epoch": self.spec.steps}})
+
+    def _note_shard_errors(self, errors: dict[str, str] | None) -> None:
+        """Remember each unreadable shard once (its first reason) and warn about it once per run."""
+        known = self.data_stats.setdefault("shard_errors", {})
+        for url, reason in (errors or {}).items():
+            if url not in known:
+                known[url] = reason
+                print(f"clipstack: warning: {reason}; skipping the rest of this shard", file=sys.stderr,
+                      flush=True)
+
+    def _check_finite(self, loss: float | None, step: int) -> None:
+        """Raise (on every rank alike) when any parameter is nan or inf after `step`: the run diverged."""
+        from clipstack.train.distributed import any_rank
+        from clipstack.train.step import params_finite
+
+        if any_rank(not params_finite(self.model), self.info):
+            self._diverged(f"model parameters are no longer finite (loss {loss})", step)
+
+    def _diverged(self, why: str, step: int) -> None:
+        """Stop the run with one message (and summary.json saying so); nothing more is saved."""
+        last = self.last_ckpt or self.resumed_from
+        kept = f"the newest checkpoint is {last}" if last else "no checkpoint was written"
+        message = (f"training diverged by step {step}: {why}; nothing saved or exported past it, {kept}; "
+                   f"lower optim.lr (now {self.cfg.optim.lr:g}) or set optim.grad_clip")
+        if self.info.is_main:
+            runlog.write_summary(self.run_dir, {
+                "step": self.step, "epoch": self.epoch, "stopped": "diverged", "error": message,
+                "export": None, "checkpoint": last, "last_metrics": self.last_metrics,
+                "data": runlog.data_report(getattr(self, "data_totals", None) or self.data_stats)})
+        raise ClipstackError(message)
 
     def _callbacks(self, final: bool) -> None:
         due = [cb for cb in self.callbacks if cb.due(self.step, final)]
@@ -387,7 +450,7 @@ class _Run:
     def _finish(self, stopped: str) -> TrainResult:
         cfg, info = self.cfg, self.info
         if self.last_ckpt is None or not self.last_ckpt.name.endswith(f"{self.step:06d}"):
-            self._save()
+            self._save(final=True)
         export = None
         # A time-budgeted stop exports too: the weights so far are what the user asked for; a resumed run
         # exports again over them.
@@ -405,15 +468,14 @@ class _Run:
                 plot_run(self.run_dir)
             except ImportError:  # matplotlib missing: the run itself is fine
                 pass
+        report = runlog.data_report(self.data_totals)
         result = TrainResult(run_dir=self.run_dir, export_path=export, last_metrics=self.last_metrics,
                              step=self.step, epoch=self.epoch, stopped=stopped, checkpoint=self.last_ckpt,
-                             data_stats=self.data_totals)
+                             data_stats=report)
         if info.is_main:
-            from clipstack.io import write_json
-
-            write_json(self.run_dir / "summary.json", {
+            runlog.write_summary(self.run_dir, {
                 "step": self.step, "epoch": self.epoch, "stopped": stopped, "export": export,
-                "checkpoint": self.last_ckpt, "last_metrics": self.last_metrics, "data": self.data_totals})
+                "checkpoint": self.last_ckpt, "last_metrics": self.last_metrics, "data": report})
         return result
 
     def _export(self) -> Path | None:
@@ -432,15 +494,6 @@ class _Run:
         if self.info.is_main:
             save_pretrained(model, out)
         return out
-
-
-def _sum_stats(per_rank: list[dict[str, Any]]) -> dict[str, Any]:
-    from clipstack.data.loader import merge_stats
-
-    total: dict[str, Any] = {}
-    for stats in per_rank:
-        merge_stats(total, stats or {})
-    return total
 
 
 def _raise_if_oom(exn: BaseException, batch: int, cfg: TrainConfig) -> None:

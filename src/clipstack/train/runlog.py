@@ -3,12 +3,14 @@
 `metrics.jsonl` has one JSON object per logged step (`{"step", "epoch", "loss", "lr", "logit_scale",
 "logit_bias", "grad_norm", "samples_per_s", "data_wait", ...}`) and one per callback result
 (`{"step", "callback": name, ...}`). On resume, lines after the resumed step are dropped first, so the
-file reads as if the run had never stopped.
+file reads as if the run had never stopped. Every line is strict JSON: a non-finite number (a diverged
+loss, an overflowing grad norm) is written as `null`, never as the `NaN`/`Infinity` other parsers reject.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 from collections.abc import Callable
@@ -18,7 +20,19 @@ from typing import Any
 
 from clipstack.io import write_json
 
-__all__ = ["Callback", "StepContext", "MetricsLog", "write_run_config"]
+__all__ = ["Callback", "StepContext", "MetricsLog", "write_run_config", "json_safe", "data_report",
+           "sum_data_stats", "write_summary"]
+
+
+def json_safe(value: Any) -> Any:
+    """`value` with every non-finite float (nan, inf) replaced by None, so it serializes as strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
 
 
 @dataclass
@@ -100,12 +114,13 @@ class MetricsLog:
     def write(self, record: dict[str, Any]) -> None:
         if not self.enabled:
             return
-        self._fh.write(json.dumps(record, sort_keys=False) + "\n")
+        self._fh.write(json.dumps(json_safe(record), sort_keys=False, allow_nan=False) + "\n")
         self._fh.flush()
         if self._tb is not None:
             prefix = f"{record['callback']}/" if "callback" in record else "train/"
             for key, value in record.items():
-                if isinstance(value, int | float) and not isinstance(value, bool) and key != "step":
+                if isinstance(value, int | float) and not isinstance(value, bool) and key != "step" \
+                        and math.isfinite(value):
                     self._tb.add_scalar(prefix + key, value, record["step"])
 
     def close(self) -> None:
@@ -147,3 +162,42 @@ def write_run_config(run_dir: Path, config_dict: dict[str, Any], model_config: d
         "pid": os.getpid(),
         **extra,
     })
+
+
+def write_summary(run_dir: Path, fields: dict[str, Any]) -> None:
+    """RUN/summary.json: how the run ended (strict JSON: a nan loss is written as null)."""
+    write_json(run_dir / "summary.json", json_safe(fields))
+
+
+def sum_data_stats(per_rank: list[dict[str, Any]]) -> dict[str, Any]:
+    """The data stats of all ranks added up (unreadable shards: each one's first reason)."""
+    from clipstack.data.loader import merge_stats
+
+    total: dict[str, Any] = {}
+    for stats in per_rank:
+        merge_stats(total, stats or {})
+        for url, reason in (stats or {}).get("shard_errors", {}).items():
+            total.setdefault("shard_errors", {}).setdefault(url, reason)
+    return total
+
+
+# Count keys that label kept samples (or shard reads) rather than drop samples; anything else in the
+# loader's counts besides seen/kept is a drop, so a new drop reason still balances.
+_NOT_DROPS = ("seen", "kept", "repeated", "hard_negative", "no_hard_negative", "unreadable_shards")
+
+
+def data_report(totals: dict[str, Any]) -> dict[str, Any]:
+    """The run's data counts for people: balanced and with unreadable shards named.
+
+    `seen` = `kept` + drops + `unused_in_buffer` (read into a shuffle buffer, not yet drawn when the run
+    stopped). The loader counts an unreadable shard on every read attempt (it is retried each pass);
+    here `unreadable_shards` counts distinct shards and `unreadable_shard_reads` the attempts."""
+    report = {k: (dict(v) if isinstance(v, dict) else v) for k, v in totals.items()}
+    counts = report.setdefault("counts", {})
+    errors = report.setdefault("shard_errors", {})
+    drops = sum(v for k, v in counts.items() if k not in _NOT_DROPS)
+    counts["unused_in_buffer"] = counts.get("seen", 0) - counts.get("kept", 0) - drops
+    if counts.get("unreadable_shards") or errors:
+        counts["unreadable_shard_reads"] = counts.get("unreadable_shards", 0)
+        counts["unreadable_shards"] = len(errors) or counts["unreadable_shard_reads"]
+    return report

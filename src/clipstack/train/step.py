@@ -25,7 +25,7 @@ from clipstack.errors import ConfigError
 from clipstack.train.losses import clamp_logit_scale_
 from clipstack.train.optim import clip_grad_norm as _clip_grad_norm
 
-__all__ = ["StepResult", "train_step", "split_batch", "unpack_output"]
+__all__ = ["StepResult", "train_step", "split_batch", "unpack_output", "params_finite"]
 
 
 @dataclass
@@ -106,6 +106,13 @@ def _grad_sync(model: nn.Module, enabled: bool):
                 yield
             return
     yield
+
+
+def params_finite(model: nn.Module) -> bool:
+    """True when no parameter holds a nan or inf (this rank's shards under FSDP); one device sync."""
+    local = [p.to_local() if hasattr(p, "to_local") else p for p in model.parameters()]
+    flags = [torch.isfinite(t.detach()).all() for t in local if t.numel()]
+    return not flags or bool(torch.stack(flags).all())
 
 
 def _params(optimizer: torch.optim.Optimizer) -> list[Tensor]:
