@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 
 TASK_CHOICES = ("auto", "zeroshot_classification", "zeroshot_retrieval", "linear_probe")
@@ -63,13 +64,20 @@ def register(sub) -> None:
     t.set_defaults(func=handle_table)
 
 
+def _report_skipped(label: str, err: Exception) -> None:
+    print(f"clipstack: error: skipping {label}: {err}", file=sys.stderr, flush=True)
+
+
 def handle_eval(args: argparse.Namespace) -> int:
     import torch
 
-    from clipstack.evaluate.suite import evaluate_suite
+    from clipstack.evaluate.suite import check_output_template, evaluate_suite
     from clipstack.models import create_model_from_pretrained, get_tokenizer, pack_for_inference
+    from clipstack.models.device import check_device
 
+    check_output_template(args.output)  # before loading anything: a typo here would surface only at the end
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    check_device(device)
     torch.manual_seed(args.seed)  # a randomly initialised model (no weights) is then the same every run
     model, preprocess = create_model_from_pretrained(args.model, pretrained=args.pretrained, device=device)
     if device == "cpu" and args.precision == "fp32":
@@ -85,7 +93,7 @@ def handle_eval(args: argparse.Namespace) -> int:
         zpe_tau=args.zpe_tau, zpe_reference=args.zpe_reference, recall_k=args.recall_k,
         fewshot_k=args.fewshot_k, epochs=args.fewshot_epochs, lr=args.fewshot_lr, seed=args.seed,
         probe_batch_size=args.probe_batch_size, val_proportion=args.val_proportion,
-        cache_dir=None if args.no_cache else (args.cache_dir or default_cache_dir()))
+        cache_dir=None if args.no_cache else (args.cache_dir or default_cache_dir()), on_error=_report_skipped)
     for result, out in results:
         shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                           for k, v in result["metrics"].items())

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from clipstack.errors import DataError
+from clipstack.io import read_json, read_text
 
 IMAGE_EXTS = ("webp", "png", "jpg", "jpeg")
 FILE_IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
@@ -106,14 +107,14 @@ def _wds_split_names(root: Path) -> list[str]:
     return sorted(d.name for d in root.iterdir() if (d / "nshards.txt").is_file())
 
 
-def _read_lines(path: Path) -> list[str] | None:
+def _read_lines(path: Path, what: str) -> list[str] | None:
     if not path.is_file():
         return None
-    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    return [line.strip() for line in read_text(path, what).splitlines()]
 
 
 def load_wds(root: Path) -> EvalDataset:
-    dtype_lines = _read_lines(root / "dataset_type.txt")
+    dtype_lines = _read_lines(root / "dataset_type.txt", "dataset type file")
     dtype = (dtype_lines[0].lower() if dtype_lines else "") or "classification"
     kinds = {"classification": "classification", "multilabel": "multilabel", "retrieval": "retrieval"}
     if dtype not in kinds:
@@ -122,15 +123,15 @@ def load_wds(root: Path) -> EvalDataset:
     kind = kinds[dtype]
     classnames = templates = None
     if kind != "retrieval":
-        classnames = _read_lines(root / "classnames.txt")
+        classnames = _read_lines(root / "classnames.txt", "class names file")
         classnames = [c for c in classnames if c] if classnames is not None else None
-        tmpl = _read_lines(root / "zeroshot_classification_templates.txt")
+        tmpl = _read_lines(root / "zeroshot_classification_templates.txt", "templates file")
         templates = [t for t in tmpl if t] if tmpl else None
     splits = {}
     for split in _wds_split_names(root):
         nshards_file = root / split / "nshards.txt"
         try:
-            nshards = int(nshards_file.read_text().strip())
+            nshards = int(read_text(nshards_file, "shard count file").strip())
         except ValueError:
             raise DataError(f"{nshards_file}: must hold an integer shard count") from None
         tars = [root / split / f"{i}.tar" for i in range(nshards)]
@@ -138,18 +139,18 @@ def load_wds(root: Path) -> EvalDataset:
         if missing:
             raise DataError(f"{root / split}: nshards.txt says {nshards} shards but {', '.join(missing)} "
                             "is missing")
-        splits[split] = _wds_split(split, tars, kind)
+        splits[split] = _wds_split(split, tars, kind, len(classnames) if classnames else None)
     return EvalDataset(root.name, root, "clip_benchmark_wds", kind, splits, classnames, templates)
 
 
-def _wds_split(split: str, tars: list[Path], kind: str) -> EvalSplit:
+def _wds_split(split: str, tars: list[Path], kind: str, num_classes: int | None) -> EvalSplit:
     es = EvalSplit(split, lambda: iter(()))
 
     def items() -> Iterator[EvalItem]:
         es.dropped.clear()
         for tar in tars:
             for key, members in _tar_samples(tar):
-                item = _wds_item(key, members, kind, tar, es.dropped)
+                item = _wds_item(key, members, kind, num_classes, es.dropped)
                 if item is not None:
                     yield item
 
@@ -161,7 +162,8 @@ def _tar_samples(tar: Path) -> Iterator[tuple[str, dict[str, bytes]]]:
     """Consecutive members sharing a key form one sample, as webdataset groups them.
 
     A truncated or corrupt tar raises `DataError` naming it and the samples read: a metric over part of
-    a test set would silently differ from everyone else's, so evaluation stops rather than skips.
+    a test set would silently differ from everyone else's, so the set fails (the suite reports it and
+    goes on to the other sets) rather than being scored on what was read.
     """
     from clipstack.data.shards import iter_shard
 
@@ -170,7 +172,11 @@ def _tar_samples(tar: Path) -> Iterator[tuple[str, dict[str, bytes]]]:
         yield raw["__key__"], members
 
 
-def _wds_item(key: str, members: dict[str, bytes], kind: str, tar: Path, dropped: Counter) -> EvalItem | None:
+def _wds_item(key: str, members: dict[str, bytes], kind: str, num_classes: int | None,
+              dropped: Counter) -> EvalItem | None:
+    """The sample as an item, or None after counting why it is unusable. A label that does not parse or
+    names no class (`num_classes`, when the class names are known) is one bad sample, like a corrupt
+    image: it is skipped and counted, and the set is still evaluated."""
     ext = next((e for e in IMAGE_EXTS if e in members), None)
     if ext is None:
         dropped["no_image"] += 1
@@ -192,15 +198,27 @@ def _wds_item(key: str, members: dict[str, bytes], kind: str, tar: Path, dropped
             return None
         import numpy as np
 
-        vec = np.load(io.BytesIO(members["npy"]), allow_pickle=False)
-        return EvalItem(key, load, label=[int(i) for i in np.flatnonzero(vec)])
+        try:
+            vec = np.load(io.BytesIO(members["npy"]), allow_pickle=False)
+            label = [int(i) for i in np.flatnonzero(vec)]
+        except (ValueError, OSError, EOFError, TypeError):  # not a .npy, or not numbers
+            dropped["bad_label"] += 1
+            return None
+        if num_classes is not None and (vec.ndim != 1 or any(c >= num_classes for c in label)):
+            dropped["bad_label"] += 1
+            return None
+        return EvalItem(key, load, label=label)
     if "cls" not in members:
         dropped["no_label"] += 1
         return None
     try:
         label = int(members["cls"].decode().strip())
-    except ValueError:
-        raise DataError(f"{tar}: sample {key!r} has a .cls that is not an integer") from None
+    except ValueError:  # not UTF-8, or not an integer
+        dropped["bad_label"] += 1
+        return None
+    if label < 0 or (num_classes is not None and label >= num_classes):
+        dropped["bad_label"] += 1
+        return None
     return EvalItem(key, load, label=label)
 
 
@@ -240,7 +258,7 @@ def load_image_folder(root: Path) -> EvalDataset:
                 raise DataError(f"{d}: class {d.name!r} has no images ({', '.join(FILE_IMAGE_EXTS)})")
             files.extend((p, label) for p in imgs)
         splits[split] = _folder_split(split, files)
-    classnames = _read_lines(root / "classnames.txt")
+    classnames = _read_lines(root / "classnames.txt", "class names file")
     if classnames is not None:
         classnames = [c for c in classnames if c]
         if len(classnames) != len(folder_names):
@@ -248,7 +266,7 @@ def load_image_folder(root: Path) -> EvalDataset:
                             f"{len(folder_names)} class folders")
     else:
         classnames = [n.replace("_", " ") for n in folder_names]
-    tmpl = _read_lines(root / "zeroshot_classification_templates.txt")
+    tmpl = _read_lines(root / "zeroshot_classification_templates.txt", "templates file")
     return EvalDataset(root.name, root, "image_folder", "classification", splits, classnames,
                        [t for t in tmpl if t] if tmpl else None)
 
@@ -381,10 +399,9 @@ def expand_dataset_paths(paths: list[str | Path]) -> list[tuple[Path, str | None
         if root.is_dir() and not any(lay.detect(root) for lay in LAYOUTS):
             hints = {}
             if (root / "index.json").is_file():
-                import json
-
-                index = json.loads((root / "index.json").read_text(encoding="utf-8"))
-                hints = {k: v.get("task") for k, v in index.items() if isinstance(v, dict)}
+                index = read_json(root / "index.json", "eval set index")
+                if isinstance(index, dict):
+                    hints = {k: v.get("task") for k, v in index.items() if isinstance(v, dict)}
             subsets = [d for d in sorted(root.iterdir()) if d.is_dir() and any(lay.detect(d) for lay in LAYOUTS)]
             if subsets:
                 out.extend((d, hints.get(d.name)) for d in subsets)
@@ -392,12 +409,10 @@ def expand_dataset_paths(paths: list[str | Path]) -> list[tuple[Path, str | None
         hint = None
         index_file = root.parent / "index.json"
         if index_file.is_file():
-            import json
-
             try:
-                entry = json.loads(index_file.read_text(encoding="utf-8")).get(root.name)
+                entry = read_json(index_file, "eval set index").get(root.name)
                 hint = entry.get("task") if isinstance(entry, dict) else None
-            except (json.JSONDecodeError, AttributeError):
+            except (DataError, AttributeError):  # a hint only: the set itself may be fine
                 hint = None
         out.append((root, hint))
     return out

@@ -59,7 +59,10 @@ def _metric_order(name: str) -> tuple:
 def results_table(results: list[dict]) -> tuple[list[str], list[list]]:
     metric_names = sorted({m for r in results for m in r["metrics"]}, key=_metric_order)
     columns = ID_COLUMNS + metric_names
-    rows = [[r.get(c, "") for c in ID_COLUMNS] + [r["metrics"].get(m, "") for m in metric_names]
+    # A result file stores an undefined metric (acc5 with fewer than 5 classes) as null: show it as nan,
+    # as CLIP_benchmark's NaN would be, and keep blank for a metric the result does not have.
+    rows = [[r.get(c, "") for c in ID_COLUMNS]
+            + [float("nan") if r["metrics"].get(m, "") is None else r["metrics"].get(m, "") for m in metric_names]
             for r in results]
     return columns, rows
 

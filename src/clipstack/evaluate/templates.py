@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 from clipstack.errors import ConfigError
+from clipstack.io import read_text
 
 # The 80 prompts of CLIP's ImageNet zero-shot notebook, in its order.
 OPENAI_IMAGENET_TEMPLATES: tuple[str, ...] = (
@@ -50,9 +51,13 @@ def load_templates(spec: str | Path) -> list[str]:
     path = Path(spec)
     if not path.is_file():
         raise ConfigError(f"--templates {spec!s}: neither a named set ({', '.join(TEMPLATE_SETS)}) nor a file")
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path, "templates file")
     if path.suffix == ".json":
-        data = json.loads(text)
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exn:
+            raise ConfigError(f"{path}: templates file is not valid JSON (line {exn.lineno}, column "
+                              f"{exn.colno}: {exn.msg})") from None
         if not isinstance(data, list) or not all(isinstance(t, str) for t in data):
             raise ConfigError(f"{path}: a templates JSON file must hold a list of strings")
         templates = data

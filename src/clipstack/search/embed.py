@@ -3,8 +3,9 @@
 Writes clip-retrieval's layout, one part per input shard (part i = the i-th shard in sorted order):
 `img_emb/img_emb_{i}.npy`, `text_emb/text_emb_{i}.npy`, `metadata/metadata_{i}.parquet` (key, caption,
 url, shard), plus `thumbs/thumbs_{i}.parquet` (small JPEGs for the web page) and `embed_info.json`.
-Rows are L2-normalized, float32 or float16. A part's metadata is written last, so a killed run resumes
-at the first part without one. Samples whose image does not decode are skipped and counted per reason:
+Rows are L2-normalized, float32 or float16. A part's metadata is written last; a rerun redoes every part
+whose files are not all there and loadable with the same row count (a killed run, a deleted or truncated
+file), and keeps the others. Samples whose image does not decode are skipped and counted per reason:
 for each part, `read == kept + dropped`.
 """
 
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from clipstack.errors import ConfigError, DataError
-from clipstack.io import atomic_path, write_json
+from clipstack.io import atomic_path, read_json, write_json
 from clipstack.progress import progress
 from clipstack.search import layout
 
@@ -62,16 +63,25 @@ def embed(model: str, shards: Any, out_dir: str | os.PathLike, *, pretrained: st
     if not urls:
         raise DataError(f"{shards}: no shards found")
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise DataError(f"{out}: output folder is an existing file; give a new or existing folder")
     info_path = out / layout.EMBED_INFO_FILE
     info = _resume_info(info_path, model, pretrained, dtype, urls)
     stats = EmbedStats(parts=len(urls))
-    todo = [i for i in range(len(urls)) if not layout.metadata_path(out, i).exists()]
+    # A part is done only when all its files load with one row count and its counts are recorded;
+    # anything else (a kill mid-part, a deleted or truncated file) is redone from its shard.
+    todo = [i for i in range(len(urls))
+            if str(i) not in info["parts"] or layout.part_rows(out, i, thumbnails) != info["parts"][str(i)].get("kept")]
     stats.parts_skipped = len(urls) - len(todo)
     if todo and encoder is None:
+        from clipstack.models.device import check_device
         from clipstack.search.encoder import Encoder
 
+        check_device(device)
         encoder = Encoder(model, device=device, pretrained=pretrained)
     for part in todo:
+        info["parts"].pop(str(part), None)
+        layout.metadata_path(out, part).unlink(missing_ok=True)  # not done until rewritten, even if killed
         part_stats = embed_part(encoder, urls[part], out, part, batch_size=batch_size, dtype=dtype,
                                 thumbnails=thumbnails)
         info["dim"] = encoder.dim
@@ -86,14 +96,16 @@ def embed(model: str, shards: Any, out_dir: str | os.PathLike, *, pretrained: st
 
 
 def _resume_info(path: Path, model: str, pretrained: str | None, dtype: str, urls: list[str]) -> dict:
-    import json
-
     model_id = str(Path(model).resolve()) if Path(model).is_dir() else str(model)
     shards = [str(Path(u).resolve()) if "://" not in u else u for u in urls]  # same run from any cwd
     fresh = {"model": model_id, "pretrained": pretrained, "dtype": dtype, "shards": shards, "parts": {}}
     if not path.exists():
         return fresh
-    old = json.loads(path.read_text(encoding="utf-8"))
+    old = read_json(path, "embedding info")
+    if not isinstance(old, dict) or not isinstance(old.get("parts"), dict) \
+            or not all(isinstance(v, dict) for v in old["parts"].values()):
+        raise DataError(f"{path}: embedding info must be an object with a 'parts' object; delete the file "
+                        "(every part is then embedded again) or use a new output folder")
     for key in ("model", "pretrained", "dtype", "shards"):
         if old.get(key) != fresh[key]:
             raise ConfigError(f"{path}: this folder was embedded with {key}={old.get(key)!r}, not "

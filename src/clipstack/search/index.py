@@ -9,14 +9,13 @@ as a user's queries would be. Everything measured goes to `index_info.json`.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
 from typing import Any
 
 from clipstack.errors import DataError
-from clipstack.io import atomic_path, write_json
+from clipstack.io import atomic_path, read_json, write_json
 from clipstack.progress import progress
 from clipstack.search import layout
 from clipstack.search.select import IndexPlan, choose_index, parse_memory
@@ -36,9 +35,11 @@ def load_embeddings(emb_dir: str | os.PathLike, modality: str, parts: list[int],
     for path, count in zip(paths, counts):
         if not path.exists():
             raise DataError(f"{path}: missing while other parts have {modality} embeddings")
-        arr = np.load(path, mmap_mode="r")
+        arr = layout.load_npy(path)
         if arr.ndim != 2 or arr.shape[0] != count:
             raise DataError(f"{path}: shape {arr.shape} does not match {count} metadata rows")
+        if arr.dtype.kind != "f":
+            raise DataError(f"{path}: dtype {arr.dtype} is not a float embedding")
         arrays.append(arr)
     dims = {a.shape[1] for a in arrays}
     if len(dims) != 1:
@@ -185,13 +186,17 @@ def build_index(emb_dir: str | os.PathLike, index_dir: str | os.PathLike, max_me
                 exact_fallback: bool = True, **plan_kwargs) -> dict[str, Any]:
     """Build `index_dir` from `emb_dir`; returns the contents written to index_info.json."""
     import faiss
-    import pyarrow.parquet as pq
 
     budget = parse_memory(max_memory)
     emb_dir, index_dir = Path(emb_dir), Path(index_dir)
     started = time.perf_counter()
-    parts = layout.list_parts(emb_dir)
-    tables = [pq.read_table(layout.metadata_path(emb_dir, p)) for p in parts]
+    embed_info_path = emb_dir / layout.EMBED_INFO_FILE
+    embed_info = read_json(embed_info_path, "embedding info") if embed_info_path.exists() else {}
+    if not isinstance(embed_info, dict):
+        raise DataError(f"{embed_info_path}: embedding info must be a JSON object")
+    shards = embed_info.get("shards")
+    parts = layout.check_parts(emb_dir, len(shards) if isinstance(shards, list) else None)
+    tables = [layout.read_parquet(layout.metadata_path(emb_dir, p), "metadata part") for p in parts]
     counts = [t.num_rows for t in tables]
     vectors = {m: load_embeddings(emb_dir, m, parts, counts) for m in layout.MODALITY_DIRS}
     vectors = {m: v for m, v in vectors.items() if v is not None}
@@ -199,8 +204,6 @@ def build_index(emb_dir: str | os.PathLike, index_dir: str | os.PathLike, max_me
         raise DataError(f"{emb_dir}: no img_emb/ or text_emb/ parts")
     if sum(counts) == 0:
         raise DataError(f"{emb_dir}: the embedding parts hold no rows")
-    embed_info_path = emb_dir / layout.EMBED_INFO_FILE
-    embed_info = json.loads(embed_info_path.read_text()) if embed_info_path.exists() else {}
     index_dir.mkdir(parents=True, exist_ok=True)
     info: dict[str, Any] = {"rows": sum(counts), "parts": len(parts), "model": embed_info.get("model"),
                             "max_memory": budget, "modalities": {}}
@@ -219,7 +222,7 @@ def build_index(emb_dir: str | os.PathLike, index_dir: str | os.PathLike, max_me
     write_arrow(index_dir / layout.METADATA_FILE, tables)
     thumb_parts = [layout.thumbs_path(emb_dir, p) for p in parts]
     if all(p.exists() for p in thumb_parts):
-        write_arrow(index_dir / layout.THUMBS_FILE, [pq.read_table(p, columns=["thumbnail"])
+        write_arrow(index_dir / layout.THUMBS_FILE, [layout.read_parquet(p, "thumbnails part", ["thumbnail"])
                                                      for p in thumb_parts])
     info["build_seconds"] = round(time.perf_counter() - started, 3)
     write_json(index_dir / layout.INFO_FILE, info)
@@ -236,16 +239,21 @@ class SearchIndex:
         info_path = self.path / layout.INFO_FILE
         if not info_path.exists():
             raise DataError(f"{self.path}: no {layout.INFO_FILE}; build it with `clipstack index`")
-        self.info = json.loads(info_path.read_text())
+        self.info = read_json(info_path, "index info")
+        modalities = self.info.get("modalities") if isinstance(self.info, dict) else None
+        if not isinstance(modalities, dict) or not modalities \
+                or not all(m in layout.INDEX_FILES and isinstance(v, dict) for m, v in modalities.items()):
+            raise DataError(f"{info_path}: index info needs 'modalities', an object of image/text entries; "
+                            "rebuild the folder with `clipstack index`")
         flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if mmap else 0
-        self.indices = {}
-        for modality, mod_info in self.info["modalities"].items():
-            index = faiss.read_index(str(self.path / layout.INDEX_FILES[modality]), flags)
-            space = faiss.ParameterSpace()
-            for name, value in mod_info.get("search_params", {}).items():
-                space.set_index_parameter(index, name, value)
-            self.indices[modality] = index
+        self.indices = {m: _read_faiss(self.path / layout.INDEX_FILES[m], flags, mod_info.get("search_params"))
+                        for m, mod_info in modalities.items()}
         self.metadata = ArrowStore(self.path / layout.METADATA_FILE)
+        for modality, index in self.indices.items():
+            if index.ntotal != len(self.metadata):  # ids would point at the wrong rows
+                raise DataError(f"{self.path / layout.INDEX_FILES[modality]}: {index.ntotal} vectors but "
+                                f"{layout.METADATA_FILE} has {len(self.metadata)} rows; rebuild with "
+                                "`clipstack index`")
         thumbs = self.path / layout.THUMBS_FILE
         self.thumbs = ArrowStore(thumbs) if thumbs.exists() else None
         self.dim = next(iter(self.indices.values())).d
@@ -274,6 +282,23 @@ class SearchIndex:
         if self.thumbs is None or not 0 <= row < len(self.thumbs):
             return None
         return self.thumbs.value(row, "thumbnail")
+
+
+def _read_faiss(path: Path, flags: int, search_params: Any):
+    """A FAISS index file with its tuned search parameters; DataError naming the file if unreadable."""
+    import faiss
+
+    if not path.is_file():
+        raise DataError(f"{path}: index file is missing; rebuild the folder with `clipstack index`")
+    try:
+        index = faiss.read_index(str(path), flags)
+        space = faiss.ParameterSpace()
+        for name, value in (search_params or {}).items():
+            space.set_index_parameter(index, name, value)
+    except (RuntimeError, TypeError) as exn:  # faiss raises RuntimeError with its C++ message
+        reason = str(exn).strip().splitlines()[-1] if str(exn).strip() else type(exn).__name__
+        raise DataError(f"{path}: not a readable FAISS index ({reason})") from None
+    return index
 
 
 def _is_binary(dtype) -> bool:

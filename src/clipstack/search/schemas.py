@@ -7,7 +7,8 @@ accepted, and the server names the ones that asked for something in an `X-Clipst
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from collections.abc import Sequence
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -64,3 +65,21 @@ def ignored_fields(req: KnnRequest) -> list[str]:
     if req.aesthetic_score is not None or req.aesthetic_weight is not None:
         names += [n for n in ("aesthetic_score", "aesthetic_weight") if getattr(req, n) is not None]
     return names + sorted(req.model_extra or {})
+
+
+def validation_error_body(errors: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The 422 body for FastAPI's validation errors: the first error names its field, `errors` lists all.
+
+    A body that is not JSON at all comes as loc ("body", <character offset>); that offset is a position
+    in the body, not a field, so the field is "body" and the message says where parsing stopped."""
+    details = []
+    for err in errors[:20]:
+        loc = [str(p) for p in err.get("loc", ()) if p != "body"]
+        msg = str(err.get("msg", "invalid request"))
+        if err.get("type") == "json_invalid":
+            where = f" at character {loc[0]}" if loc else ""
+            loc, msg = [], f"not valid JSON ({msg}{where})"
+        details.append({"field": ".".join(loc) or "body", "message": msg})
+    first = details[0] if details else {"field": "body", "message": "invalid request"}
+    return {"error": f"{first['field']}: {first['message']}", "field": first["field"].split(".")[0],
+            "errors": details}

@@ -32,9 +32,16 @@ from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
-from clipstack.errors import ConfigError
+from clipstack.errors import ConfigError, DataError
+from clipstack.io import read_json
 from clipstack.search.metrics import Metrics
-from clipstack.search.schemas import ErrorBody, KnnRequest, MetadataRequest, ignored_fields
+from clipstack.search.schemas import (
+    ErrorBody,
+    KnnRequest,
+    MetadataRequest,
+    ignored_fields,
+    validation_error_body,
+)
 from clipstack.search.service import Engine, Query, QueryError
 
 log = logging.getLogger("clipstack.search")
@@ -60,17 +67,24 @@ def load_indices_json(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
     paths resolve against the JSON file's folder."""
     path = Path(path)
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exn:
-        raise ConfigError(f"{path}: cannot read indices JSON ({exn})") from None
+        raw = read_json(path, "indices JSON")
+    except DataError as exn:  # names the file: missing, not UTF-8, or not JSON
+        raise ConfigError(str(exn)) from None
     if not isinstance(raw, dict) or not raw:
         raise ConfigError(f"{path}: expected a non-empty object mapping index names to folders")
     out = {}
     for name, spec in raw.items():
+        if not isinstance(spec, str | dict):
+            raise ConfigError(f"{path}: index {name!r} must be a folder path or an object with 'index_dir', "
+                              f"not {json.dumps(spec)}")
         spec = {"index_dir": spec} if isinstance(spec, str) else dict(spec)
         folder = spec.get("index_dir") or spec.get("indice_folder")
         if not folder:
             raise ConfigError(f"{path}: index {name!r} needs 'index_dir'")
+        if not isinstance(folder, str):
+            raise ConfigError(f"{path}: index {name!r}: 'index_dir' must be a folder path string")
+        if not isinstance(spec.get("model"), str | None):
+            raise ConfigError(f"{path}: index {name!r}: 'model' must be a model name or folder string")
         spec["index_dir"] = str((path.parent / folder).resolve())
         out[str(name)] = spec
     return out
@@ -296,14 +310,7 @@ def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def on_validation(request: Request, exn: RequestValidationError):
-        errors = exn.errors()
-        first = errors[0] if errors else {}
-        loc = [str(p) for p in first.get("loc", ()) if p != "body"]
-        name = loc[0] if loc else "body"
-        message = f"{'.'.join(loc) or 'body'}: {first.get('msg', 'invalid request')}"
-        details = [{"field": ".".join(str(p) for p in e.get("loc", ()) if p != "body") or "body",
-                    "message": str(e.get("msg", ""))} for e in errors[:20]]
-        return JSONResponse({"error": message, "field": name, "errors": details}, status_code=422)
+        return JSONResponse(validation_error_body(exn.errors()), status_code=422)
 
     @app.exception_handler(HTTPException)
     async def on_http(request: Request, exn: HTTPException):
