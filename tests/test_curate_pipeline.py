@@ -87,6 +87,24 @@ def test_truncated_shard_and_reruns(pool, tmp_path):
     assert len({r["uid"] for r in ledger}) == len(ledger)
 
 
+def test_sample_key_not_utf8_is_one_dropped_sample_not_a_broken_shard(tmp_path):
+    import io
+    import tarfile
+
+    caption = b"a red square on a plain blue background"
+    with tarfile.open(tmp_path / "in.tar", "w", format=tarfile.GNU_FORMAT) as tar:
+        for key in (b"aaa", b"b\xffkey", b"ccc"):
+            for ext, data in ((b".jpg", image_bytes(key[0])), (b".txt", caption + b" " + key[:1])):
+                info = tarfile.TarInfo((key + ext).decode("utf-8", "surrogateescape"))
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    result = curate(tmp_path / "in.tar", tmp_path / "out", CurateConfig(steps=["text"], min_side=30))
+    assert (result.stats["in"], result.stats["kept"]) == (3, 2)
+    assert result.stats["dropped_by_step"]["read"] == {"non_utf8_key": 1}
+    (row,) = pq.read_table(tmp_path / "out" / "ledger.parquet").to_pylist()
+    assert row["key"] == "b\\xffkey" and "is not UTF-8" in row["detail"]
+
+
 def test_balance_step_in_pipeline(pool, tmp_path):
     folder, _ = pool
     meta = tmp_path / "meta.json"

@@ -231,12 +231,17 @@ def _extract(urls, shard_ids, cfg: CurateConfig, matcher, scorer, feats: Feature
         batch_text.clear()
         batch_img.clear()
 
+    from clipstack.data.shards import SampleError
+
     for shard_idx, rec in _records(urls, shard_ids):
         feats.shard.append(shard_idx)
         if isinstance(rec, DataError):
-            key = f"{Path(urls[shard_idx]).name}:unreadable"
+            # one sample the reader skipped (a key that is not UTF-8), or the error that ended a shard
+            one = isinstance(rec, SampleError) and rec.key is not None
+            key = (rec.key.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace") if one
+                   else f"{Path(urls[shard_idx]).name}:unreadable")
             for name, value in (("keys", key), ("uids", uid_for(key, {})), ("read_detail", str(rec)),
-                                ("non_utf8", False), ("read_reason", "unreadable_shard"),
+                                ("non_utf8", False), ("read_reason", rec.reason if one else "unreadable_shard"),
                                 ("text_reason", None), ("basic_reason", None), ("sha", ""),
                                 ("caption_key", ""), ("phash", 0)):
                 getattr(feats, name).append(value)
