@@ -129,13 +129,17 @@ EMPTY_BODY = json.dumps([{"id": i, "similarity": 0.5, "key": f"{i:09d}", "captio
                          for i in range(10)]).encode()
 
 
+async def lifespan(receive, send) -> None:
+    """Answer uvicorn's startup and shutdown for the bare ASGI apps below."""
+    while (await receive())["type"] != "lifespan.shutdown":
+        await send({"type": "lifespan.startup.complete"})
+    await send({"type": "lifespan.shutdown.complete"})
+
+
 async def empty_app(scope, receive, send):
     """The HTTP floor: an ASGI app that reads the request and sends ten fixed results, nothing else."""
     if scope["type"] == "lifespan":
-        while (await receive())["type"] != "lifespan.shutdown":
-            await send({"type": "lifespan.startup.complete"})
-        await send({"type": "lifespan.shutdown.complete"})
-        return
+        return await lifespan(receive, send)
     more = True
     while more:
         more = (await receive()).get("more_body", False)
@@ -156,10 +160,7 @@ def lean_app(index_dir: str):
 
     async def app(scope, receive, send):
         if scope["type"] == "lifespan":
-            while (await receive())["type"] != "lifespan.shutdown":
-                await send({"type": "lifespan.startup.complete"})
-            await send({"type": "lifespan.shutdown.complete"})
-            return
+            return await lifespan(receive, send)
         chunks, more = [], True
         while more:
             message = await receive()

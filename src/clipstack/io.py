@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import tempfile
 from collections.abc import Iterator
@@ -49,6 +50,18 @@ def write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2) -> Non
     with atomic_open(path, "w", encoding="utf-8") as fh:
         json.dump(obj, fh, indent=indent, sort_keys=False, default=_json_default)
         fh.write("\n")
+
+
+def json_safe(value: Any) -> Any:
+    """`value` with every non-finite float (nan, inf) replaced by None, so it serializes as strict JSON:
+    `json.dump` would write bare NaN/Infinity, which strict parsers (browsers, jq) reject."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -10,7 +10,6 @@ evaluated and written; the run then ends with a `DataError` naming the sets that
 from __future__ import annotations
 
 import logging
-import math
 import os
 import string
 from collections.abc import Callable, Iterator, Sequence
@@ -23,7 +22,7 @@ from clipstack.errors import ConfigError, DataError
 from clipstack.evaluate.api import TASKS, evaluate
 from clipstack.evaluate.datasets import EvalDataset, expand_dataset_paths, load_dataset
 from clipstack.evaluate.templates import load_templates
-from clipstack.io import write_json
+from clipstack.io import json_safe, write_json
 
 log = logging.getLogger(__name__)
 DEFAULT_OUTPUT = "{dataset}_{model}_{task}.json"
@@ -69,18 +68,6 @@ def _check_output_folder(out: Path) -> None:
         raise ConfigError(f"--output {out}: folder {folder} is not writable")
     if out.is_dir():
         raise ConfigError(f"--output {out}: is a folder; the template must name a .json file")
-
-
-def strict_json(value: Any) -> Any:
-    """`value` with NaN and infinities replaced by None: result files stay strict JSON (CLIP_benchmark
-    writes a bare NaN, e.g. acc5 with fewer than 5 classes, which strict parsers reject)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: strict_json(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [strict_json(v) for v in value]
-    return value
 
 
 def _log_error(label: str, err: DataError) -> None:
@@ -142,7 +129,7 @@ def evaluate_suite(model: torch.nn.Module, tokenizer: Callable, preprocess: Call
             fail(f"{ds.name} {task}", err)
             continue
         if out is not None:
-            write_json(out, strict_json(result))
+            write_json(out, json_safe(result))  # CLIP_benchmark's bare NaN (acc5 below 5 classes) as null
         yield result, out
     if failed:
         rest = ("nothing else to evaluate" if len(failed) == total

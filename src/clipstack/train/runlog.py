@@ -18,21 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from clipstack.io import write_json
+from clipstack.io import json_safe, write_json
 
 __all__ = ["Callback", "StepContext", "MetricsLog", "write_run_config", "json_safe", "data_report",
            "sum_data_stats", "write_summary"]
-
-
-def json_safe(value: Any) -> Any:
-    """`value` with every non-finite float (nan, inf) replaced by None, so it serializes as strict JSON."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_safe(v) for v in value]
-    return value
 
 
 @dataclass
