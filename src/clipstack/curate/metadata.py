@@ -86,11 +86,12 @@ def corpus_texts(paths: Iterable[str | os.PathLike], warn: Callable[[str], None]
     for path in paths:
         p = Path(path)
         if _is_shards(p):
-            errors: Counter[str] = Counter()
-            for sample in read_samples(path, on_error=lambda err, seen=errors: seen.update([str(err)])):
+            errors: list[str] = []
+            for sample in read_samples(path, on_error=lambda err, seen=errors: seen.append(str(err))):
                 yield from sample.captions[:1]
-            for message, count in errors.items():
-                warn(f"corpus {p}: skipped {message}" + (f" (x{count})" if count > 1 else ""))
+            if errors:  # one line, not one per sample: a pool may hold thousands of defects
+                more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+                warn(f"corpus {p}: skipped {len(errors)} unreadable sample(s) or shard(s): {errors[0]}{more}")
         else:
             yield from text_lines(p, "corpus file", warn)
 
