@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from clipstack.errors import DataError
-from clipstack.io import atomic_open, read_json, read_text, write_json
+from clipstack.io import atomic_open, ensure_folder, read_json, read_text, write_bytes, write_json
 
 
 def test_atomic_write_keeps_the_old_file_when_the_block_fails(tmp_path):
@@ -36,3 +36,26 @@ def test_read_text_missing_file_and_folder(tmp_path):
         read_text(tmp_path)
     (tmp_path / "ok.txt").write_text("café\n", encoding="utf-8")
     assert read_text(tmp_path / "ok.txt") == "café\n"
+
+
+def test_atomic_write_to_a_folder_or_through_a_file_is_one_data_error(tmp_path):
+    (tmp_path / "afile").write_text("keep\n")
+    (tmp_path / "out.json").mkdir()
+    with pytest.raises(DataError, match=r"afile/x\.json: cannot create its folder .*afile \(.*afile is a file, "
+                                        r"not a folder\)"):
+        write_json(tmp_path / "afile" / "x.json", {})
+    with pytest.raises(DataError, match=r"afile/a/b/x\.bin: cannot create its folder .*afile/a/b \(.*afile is a "
+                                        r"file, not a folder\)"):
+        write_bytes(tmp_path / "afile" / "a" / "b" / "x.bin", b"x")
+    with pytest.raises(DataError, match=r"out\.json: is a folder, not a file name to write"):
+        write_json(tmp_path / "out.json", {})
+    assert (tmp_path / "afile").read_text() == "keep\n" and not any((tmp_path / "out.json").iterdir())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "out.json"], "no temp file is left behind"
+
+
+def test_ensure_folder(tmp_path):
+    assert ensure_folder(tmp_path / "a" / "b") == tmp_path / "a" / "b" and (tmp_path / "a" / "b").is_dir()
+    assert ensure_folder(tmp_path / "a") == tmp_path / "a"  # already there: fine
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(DataError, match=r"f/g: cannot create the plots folder \(.*/f is a file, not a folder\)"):
+        ensure_folder(tmp_path / "f" / "g", "the plots folder")

@@ -1,8 +1,9 @@
 """File I/O shared by every stage: atomic writes, and reads that fail with one clear message.
 
 Writes go to a temp file beside the target, then rename: a crash or a kill mid-write leaves either the
-old file or the new one, never half of one. Reads of small text and JSON files raise `DataError` naming
-the file and the reason (missing, not UTF-8, not JSON) instead of a bare traceback.
+old file or the new one, never half of one. A target that cannot be written (it is a folder, or a file
+stands where its folder should be) is a `DataError` naming it. Reads of small text and JSON files raise
+`DataError` naming the file and the reason (missing, not UTF-8, not JSON) instead of a bare traceback.
 """
 
 from __future__ import annotations
@@ -19,12 +20,42 @@ from typing import IO, Any
 from clipstack.errors import DataError
 
 
+def ensure_folder(path: str | os.PathLike, what: str = "folder") -> Path:
+    """Create folder `path` (and its parents) if needed; DataError naming it when it cannot be, e.g. because
+    it, or a folder on the way to it, is an existing file."""
+    folder = Path(path)
+    reason = _make_folder(folder)
+    if reason:
+        raise DataError(f"{folder}: cannot create {what} ({reason})")
+    return folder
+
+
+def _make_folder(folder: Path) -> str | None:
+    """mkdir -p `folder`; None when done, else why not."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exn:
+        # mkdir says FileExistsError / NotADirectoryError without naming which part is in the way
+        blocker = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
+        return f"{blocker} is a file, not a folder" if blocker is not None else exn.strerror or str(exn)
+    return None
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temp path beside `path`; on success it is fsynced and renamed onto `path`."""
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    # Checked up front so a bad output path is one line naming it, before any work is written (the
+    # rename would fail only at the end, with IsADirectoryError).
+    if target.is_dir():
+        raise DataError(f"{target}: is a folder, not a file name to write")
+    reason = _make_folder(target.parent)
+    if reason:
+        raise DataError(f"{target}: cannot create its folder {target.parent} ({reason})")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    except OSError as exn:
+        raise DataError(f"{target}: cannot write there ({exn.strerror or exn})") from None
     os.close(fd)
     tmp_path = Path(tmp)
     try:

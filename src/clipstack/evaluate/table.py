@@ -10,11 +10,12 @@ import csv
 import io
 import json
 import math
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 
 from clipstack.errors import DataError
-from clipstack.io import atomic_open
+from clipstack.io import atomic_open, read_json
 
 RESULT_KEYS = ("dataset", "model", "pretrained", "task", "metrics", "language")
 ID_COLUMNS = ["dataset", "model", "pretrained", "task", "language"]
@@ -23,7 +24,11 @@ _FIRST = ["acc1", "acc5", "mean_per_class_recall", "mean_average_precision", "lp
 
 
 def load_results(paths: Iterable[str | Path]) -> list[dict]:
-    """Read result files; a folder contributes every `*.json` in it."""
+    """Read result files; a folder contributes every `*.json` in it.
+
+    A file that is not a result (unreadable, not JSON, a field missing or of the wrong type) is a
+    DataError naming it and the field; a metric whose value is not a number is left out, with a warning.
+    """
     files: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
@@ -32,19 +37,44 @@ def load_results(paths: Iterable[str | Path]) -> list[dict]:
             files.append(p)
         else:
             raise DataError(f"{p}: no such result file or folder")
-    results = []
-    for f in files:
-        try:
-            data = json.loads(f.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as err:
-            raise DataError(f"{f}: not a JSON result ({err})") from None
-        missing = [k for k in RESULT_KEYS if not isinstance(data, dict) or k not in data]
-        if missing:
-            raise DataError(f"{f}: not a CLIP_benchmark result (missing {', '.join(missing)})")
-        results.append(data)
+    results = [_check_result(f, read_json(f, "result file")) for f in files]
     if not results:
         raise DataError("eval-table: no result files given")
     return results
+
+
+def _check_result(f: Path, data: object) -> dict:
+    """`data` as a result row, or DataError naming `f` and the bad fields; non-number metrics dropped."""
+    missing = [k for k in RESULT_KEYS if k not in data] if isinstance(data, dict) else list(RESULT_KEYS)
+    if not isinstance(data, dict) or missing:
+        raise DataError(f"{f}: not a CLIP_benchmark result (missing {', '.join(missing)})")
+    # null is allowed for the id fields: a hand-written or older result may leave pretrained unset
+    wrong = [f"{k} is {_kind(data[k])}, not a string" for k in ID_COLUMNS
+             if data[k] is not None and not isinstance(data[k], str)]
+    if not isinstance(data["metrics"], dict):
+        wrong.append(f"metrics is {_kind(data['metrics'])}, not an object of name: number")
+    if wrong:
+        raise DataError(f"{f}: not a CLIP_benchmark result ({'; '.join(wrong)})")
+    metrics, dropped = {}, []
+    for name, value in data["metrics"].items():
+        # null is how strict JSON stores an undefined metric (NaN): kept, and shown as nan
+        if value is None or (isinstance(value, int | float) and not isinstance(value, bool)):
+            metrics[name] = value
+        else:
+            dropped.append(f"{name}={json.dumps(value)[:40]}")
+    if dropped:
+        print(f"clipstack: warning: {f}: metrics that are not numbers left out: {', '.join(dropped)}",
+              file=sys.stderr)
+    return {**data, "metrics": metrics}
+
+
+def _kind(value: object) -> str:
+    """A JSON value's type as the user wrote it: 'a list', 'a number', 'true'..."""
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    return {dict: "an object", list: "a list", str: "a string"}.get(type(value), type(value).__name__)
 
 
 def _metric_order(name: str) -> tuple:
