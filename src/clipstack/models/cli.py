@@ -14,11 +14,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 def handler(args: argparse.Namespace) -> int:
     import json
 
-    from clipstack.models.config import list_models
+    from clipstack.models.config import ModelCfg, list_models
     from clipstack.models.factory import resolve_config
 
     if args.show:
-        model_cfg, preprocess_cfg, weights, _ = resolve_config(args.show)
+        model_cfg, _, _, source = resolve_config(args.show)
+        ModelCfg.from_dict(model_cfg, source=source)  # print only a config create_model would build
         print(json.dumps(model_cfg, indent=2))
         return 0
     print(f"{'name':<20} {'image':>6} {'patch':>5} {'vision':>12} {'text':>12} {'embed':>5}  loss")

@@ -16,12 +16,18 @@ from typing import Any
 import torch
 
 from clipstack.errors import ConfigError
+from clipstack.io import read_json
 from clipstack.models.clip import CLIP
-from clipstack.models.config import ModelCfg, apply_overrides, get_model_config, read_config_file
+from clipstack.models.config import (
+    ModelCfg,
+    apply_overrides,
+    get_model_config,
+    read_config_file,
+    tokenizer_settings,
+)
 from clipstack.models.pretrained import (
     CONFIG_NAME,
     HF_HUB_PREFIX,
-    find_weights_in_dir,
     hub_download,
     load_checkpoint,
 )
@@ -33,7 +39,8 @@ _PREPROCESS_KEYS = ("size", "mean", "std", "interpolation", "resize_mode", "fill
 
 
 def resolve_config(name_or_config: str | dict | Path) -> tuple[dict, dict, str | Path | None, str]:
-    """(model_cfg, preprocess_cfg, weights or None, a source label for messages)."""
+    """(model_cfg, preprocess_cfg, weights or None, a source label for messages); weights is a model
+    folder or `hf-hub:` name when the model brings its own, loaded (and checked) by load_checkpoint."""
     if isinstance(name_or_config, dict):
         cfg = copy.deepcopy(name_or_config)
         if "model_cfg" in cfg:
@@ -51,7 +58,9 @@ def resolve_config(name_or_config: str | dict | Path) -> tuple[dict, dict, str |
         if not (path / CONFIG_NAME).is_file():
             raise ConfigError(f"{path}: model folder has no {CONFIG_NAME}")
         full = read_config_file_raw(path / CONFIG_NAME)
-        return full["model_cfg"], full.get("preprocess_cfg", {}), find_weights_in_dir(path), str(path)
+        # A model folder always brings its weights: the folder itself goes to load_checkpoint, which
+        # names the folder and the files it looked for when none is there, rather than random weights.
+        return full["model_cfg"], full.get("preprocess_cfg", {}), path, str(path)
     if path.suffix == ".json" or path.is_file():
         if path.suffix != ".json":
             raise ConfigError(f"{path}: a checkpoint file needs a config; use "
@@ -62,14 +71,11 @@ def resolve_config(name_or_config: str | dict | Path) -> tuple[dict, dict, str |
 
 def read_config_file_raw(path: str | Path) -> dict:
     """A hub-style `open_clip_config.json` ({model_cfg, preprocess_cfg})."""
-    import json
-
-    try:
-        full = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as err:
-        raise ConfigError(f"{path}: cannot read model config ({err})") from err
+    full = read_json(path, "model config")  # DataError naming the file: unreadable, not UTF-8, not JSON
     if not isinstance(full, dict) or "model_cfg" not in full:
         raise ConfigError(f"{path}: expected an object with 'model_cfg' (and 'preprocess_cfg')")
+    if not isinstance(full.get("preprocess_cfg", {}), dict):
+        raise ConfigError(f"{path}: preprocess_cfg must be an object, got {full['preprocess_cfg']!r}")
     return full
 
 
@@ -137,9 +143,9 @@ def get_tokenizer(name_or_config: str | dict | Path = "ViT-B-32", context_length
     """The CLIP BPE tokenizer set to the model's context length (and its cleaning mode, if the config
     names one). Configs that need a Hugging Face tokenizer (e.g. OpenCLIP's timm SigLIP) are refused."""
     model_cfg, _, _, source = resolve_config(name_or_config)
-    text_cfg = model_cfg.get("text_cfg", {})
-    if text_cfg.get("hf_tokenizer_name"):
-        raise ConfigError(f"{source}: text_cfg.hf_tokenizer_name={text_cfg['hf_tokenizer_name']!r} needs a "
+    length, clean = tokenizer_settings(model_cfg, source)
+    hf_name = model_cfg["text_cfg"].get("hf_tokenizer_name") if "text_cfg" in model_cfg else None
+    if hf_name:
+        raise ConfigError(f"{source}: text_cfg.hf_tokenizer_name={hf_name!r} needs a "
                           "Hugging Face tokenizer; clipstack ships only the CLIP BPE tokenizer")
-    clean = (text_cfg.get("tokenizer_kwargs") or {}).get("clean", "lower")
-    return Tokenizer(context_length=context_length or text_cfg.get("context_length", 77), clean=clean)
+    return Tokenizer(context_length=context_length or length, clean=clean)

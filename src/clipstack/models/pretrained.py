@@ -14,6 +14,7 @@ mismatch is one ClipstackError naming the file and the keys, not a torch traceba
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clipstack.errors import ClipstackError
+from clipstack.errors import ClipstackError, DataError
 from clipstack.io import atomic_path, write_json
 
 HF_HUB_PREFIX = "hf-hub:"
@@ -30,6 +31,7 @@ CONFIG_NAME = "open_clip_config.json"
 WEIGHT_NAMES = ("open_clip_model.safetensors", "open_clip_pytorch_model.safetensors",
                 "open_clip_pytorch_model.bin", "open_clip_pytorch_model.pth",
                 "model.safetensors", "pytorch_model.bin", "pytorch_model.pth", "model.pth")
+_WEIGHT_GLOBS = ("*.safetensors", "*.bin", "*.pt", "*.pth")
 _STRIP_PREFIXES = ("module.", "_orig_mod.")  # DDP wrapping, torch.compile wrapping
 
 
@@ -46,7 +48,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         else:
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # a truncated or foreign file: say which and why, in one line
-        raise ClipstackError(f"{path}: cannot read checkpoint ({type(err).__name__}: {err})") from err
+        raise _load_error(path, err) from None
     for wrapper in ("state_dict", "model"):  # open_clip / clipstack training checkpoints
         if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
             obj = obj[wrapper]
@@ -60,13 +62,36 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return state_dict
 
 
+def _load_error(path: Path, err: Exception) -> DataError:
+    """One line for a failed checkpoint read: torch's own text spans paragraphs and advises
+    `weights_only=False` (unsafe) and filing a torch issue, neither of which helps here."""
+    if isinstance(err, OSError):  # permissions, a vanished file: not the content's fault
+        return DataError(f"{path}: cannot read checkpoint ({err.strerror or err})")
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+    text = str(err)
+    unsafe = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    if unsafe:  # a real torch.save file, but with pickled objects beyond tensors and plain containers
+        return DataError(f"{path}: checkpoint holds a {unsafe.group(1)} object; only tensors, numbers, "
+                         "strings and containers are loaded (for safety): save the state_dict alone")
+    if not head:
+        return DataError(f"{path}: checkpoint file is empty")
+    # torch.save writes a zip (or, before torch 1.6, a pickle); anything else is some other kind of file
+    if path.suffix != ".safetensors" and not head.startswith((b"PK\x03\x04", b"\x80")):
+        return DataError(f"{path}: not a checkpoint (neither a safetensors file nor a torch.save file)")
+    # the first sentence only: torch follows it with paragraphs of generic advice
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "").split(". ")[0]
+    detail = f"{type(err).__name__}: {first}" if first else type(err).__name__
+    return DataError(f"{path}: cannot read checkpoint ({detail}); the file may be truncated or corrupt")
+
+
 def find_weights_in_dir(folder: str | Path) -> Path | None:
     """The weight file in a model folder: a known name first, else the only safetensors/bin/pt file."""
     folder = Path(folder)
     for name in WEIGHT_NAMES:
         if (folder / name).is_file():
             return folder / name
-    found = sorted(p for ext in ("*.safetensors", "*.bin", "*.pt", "*.pth") for p in folder.glob(ext))
+    found = sorted(p for ext in _WEIGHT_GLOBS for p in folder.glob(ext))
     return found[0] if len(found) == 1 else None
 
 
@@ -112,7 +137,11 @@ def resolve_weights(pretrained: str | Path) -> Path:
     if path.is_dir():
         found = find_weights_in_dir(path)
         if found is None:
-            raise ClipstackError(f"{path}: no weight file found (looked for {', '.join(WEIGHT_NAMES[:3])}...)")
+            candidates = sorted(p.name for ext in _WEIGHT_GLOBS for p in path.glob(ext))
+            why = (f"several candidates ({', '.join(candidates)}) and none has a known name" if candidates
+                   else "none found")
+            raise DataError(f"{path}: model folder has no weight file: {why}; looked for "
+                            f"{', '.join(WEIGHT_NAMES)} (or a single *.safetensors/*.bin/*.pt/*.pth file)")
         return found
     if not path.is_file():
         raise ClipstackError(f"pretrained={text!r}: no such file or folder (and not an hf-hub: name)")
