@@ -3,13 +3,13 @@
 A state file (`quickstart.json`) records the settings and each finished stage. A stage that did not
 finish (a crash, Ctrl-C) is redone from scratch on the next run -- its partial output removed first --
 except training, which continues from its newest checkpoint and so ends bitwise where an uninterrupted
-run would. A workdir with other settings, or a non-empty folder that is not a quickstart, is refused.
+run would. A workdir with other settings, or a non-empty folder that is not a quickstart, is refused;
+every option is checked by its stage's own validation before the first stage runs (`checks`).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import shutil
 import sys
@@ -18,8 +18,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from clipstack.errors import ClipstackError
-from clipstack.io import write_json
+from clipstack.errors import ClipstackError, DataError
+from clipstack.io import read_json, write_json
+from clipstack.quickstart.checks import check_settings, check_workdir
 from clipstack.quickstart.settings import QuickstartSettings
 
 STATE_FILE = "quickstart.json"
@@ -75,7 +76,7 @@ def plan(workdir: Path, s: QuickstartSettings) -> list[Stage]:
             "train", "--model.name", s.model, "--data.urls", str(p.curated / "shards"), "--run-dir", str(p.run),
             "--seed", str(s.seed), "--data.batch_size", str(s.batch_size), "--optim.lr", str(s.lr),
             "--schedule.warmup_steps", str(s.warmup_steps), "--schedule.epochs", "1000",
-            "--schedule.max_steps", str(s.steps), "--schedule.time_budget_s", str(round(s.budget_minutes * 60)),
+            "--schedule.max_steps", str(s.steps), "--schedule.time_budget_s", f"{s.budget_minutes * 60:g}",
             "--checkpoint.every_steps", "50", "--checkpoint.keep_last", "2", "--resume", "latest"],
             resumable=True),
         Stage("eval", "evaluate: zero-shot classification, retrieval and linear probes on every eval set", [
@@ -97,10 +98,14 @@ def _load_state(workdir: Path, settings: QuickstartSettings) -> dict[str, Any]:
                                  "quickstart run; choose an empty or new --workdir")
         return {"settings": asdict(settings), "done": {}}
     try:
-        state = json.loads(path.read_text(encoding="utf-8"))
+        state = read_json(path, "quickstart state")
         saved = state["settings"]
-    except (ValueError, KeyError, TypeError) as err:
-        raise ClipstackError(f"{path}: unreadable quickstart state ({err}); use another --workdir") from err
+        if not isinstance(saved, dict) or not isinstance(state.get("done"), dict):
+            raise TypeError("'settings' and 'done' must be objects")
+    except DataError as err:
+        raise ClipstackError(f"{err}; use another --workdir") from None
+    except (AttributeError, KeyError, TypeError) as err:
+        raise ClipstackError(f"{path}: unreadable quickstart state ({err}); use another --workdir") from None
     if saved != asdict(settings):
         diff = ", ".join(f"{k}: {saved.get(k)!r} then, {v!r} now" for k, v in asdict(settings).items()
                          if saved.get(k) != v)
@@ -121,11 +126,16 @@ def _remove(paths: list[str]) -> None:
 def run_stages(workdir: Path, settings: QuickstartSettings, only: list[str] | None = None) -> dict[str, Any]:
     """Run (or resume) the stage commands; returns the state with each stage's seconds and command."""
     from clipstack.cli import main as cli_main
+    from clipstack.io import ensure_folder
 
-    state = _load_state(workdir, settings)
-    workdir.mkdir(parents=True, exist_ok=True)
-    write_json(workdir / STATE_FILE, state)
     stages = plan(workdir, settings)
+    # Every check before the first write: a bad option or workdir must not leave a half-run folder
+    # that only the same (failing) settings may resume.
+    check_settings(settings, {stage.name: stage.argv for stage in stages})
+    check_workdir(workdir)
+    state = _load_state(workdir, settings)
+    ensure_folder(workdir, "the workdir")
+    write_json(workdir / STATE_FILE, state)
     for i, stage in enumerate(stages, 1):
         if only and stage.name not in only:
             continue

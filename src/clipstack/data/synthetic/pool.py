@@ -10,6 +10,7 @@ bounded for any `samples`.
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -24,6 +25,7 @@ from clipstack.errors import ConfigError
 
 POOL_STREAM, DEFECT_STREAM = 1, 2
 N_OBJECTS_P = [0.6, 0.28, 0.12]  # one, two or three objects
+MAX_SHARDS = 100_000  # shard numbers in keys have 5 digits
 DUPLICATE_WINDOW = 5000  # a duplicate copies one of the previous 5000 samples
 DOMAINS = ["img.example.com", "cdn.shapes.test", "static.pics.example", "media.clipart.test",
            "images.stock.example"]
@@ -43,13 +45,19 @@ class PoolConfig:
     rates: dict[str, float] = field(default_factory=lambda: dict(D.DEFAULT_RATES))
 
     def validate(self) -> None:
-        if self.samples < 1:
-            raise ConfigError(f"samples: must be >= 1, got {self.samples}")
+        if self.seed < 0:  # numpy's SeedSequence refuses negative entropy, deep inside a worker
+            raise ConfigError(f"seed: must be >= 0, got {self.seed}")
         if not 1 <= self.shard_size <= 10000:
             raise ConfigError(f"shard_size: must be in 1..10000 (keys are 5-digit shard + 4-digit index), "
                               f"got {self.shard_size}")
-        if self.zipf < 0:
-            raise ConfigError(f"zipf: exponent must be >= 0, got {self.zipf}")
+        # Keys hold a 5-digit shard number, so more shards than that cannot be named (and would take
+        # days to write); refused here, before synth.json says "running".
+        limit = MAX_SHARDS * self.shard_size
+        if not 1 <= self.samples <= limit:
+            raise ConfigError(f"samples: must be in 1..{limit} (at most {MAX_SHARDS} shards of shard_size "
+                              f"{self.shard_size}: keys hold a 5-digit shard number), got {self.samples}")
+        if not 0 <= self.zipf < math.inf:  # also refuses nan, which would make every weight nan
+            raise ConfigError(f"zipf: exponent must be a finite number >= 0, got {self.zipf}")
         unknown = sorted(set(self.rates) - set(D.DEFECTS))
         if unknown:
             raise ConfigError(f"rates: unknown defect {unknown[0]!r} (known: {', '.join(D.DEFECTS)})")

@@ -6,7 +6,9 @@ Output layout under `out_dir`:
   eval/<set>/...                                               clean sets, CLIP_benchmark WDS layout
   synth.json                                                   the config and the counts
 Workers each write whole shards; a shard's ground-truth part is written after its tar, so a shard is
-done when both exist and an interrupted run resumes from there.
+done when both exist and an interrupted run resumes from there. Every option and the output folder are
+checked before anything is written: a bad value, a file where the folder should be, or a non-empty
+folder that is not a synth output is one `ConfigError`/`DataError` naming it.
 """
 
 from __future__ import annotations
@@ -23,11 +25,14 @@ from typing import Any
 
 from clipstack.data.shards import shard_done, shard_name, write_shard, write_sizes
 from clipstack.data.synthetic.pool import PoolConfig, PoolGenerator, gt_schema
-from clipstack.errors import ConfigError
-from clipstack.io import atomic_path, write_json
+from clipstack.errors import ConfigError, DataError
+from clipstack.io import atomic_path, ensure_folder, read_json, write_json
 from clipstack.progress import progress
 
 PARTS_DIR = ".ground_truth_parts"
+SYNTH_FILE = "synth.json"
+# 100x the default eval sets is 378,000 images (1x: 3,780); more is a typo, not an eval set.
+MAX_EVAL_SCALE = 100.0
 
 
 def _write_one_shard(cfg_dict: dict[str, Any], shard: int, pool_dir: str, parts_dir: str) -> tuple[int, int, dict]:
@@ -62,22 +67,21 @@ def generate(out_dir: str | os.PathLike, samples: int = 20000, seed: int = 0, wo
     `rates` overrides some defect rates (others keep `DEFAULT_RATES`). Rerunning with the same settings
     resumes an interrupted run; different content settings in a used folder raise `ConfigError`.
     """
-    from clipstack.data.synthetic.defects import DEFAULT_RATES
-
-    cfg = PoolConfig(samples=samples, seed=seed, shard_size=shard_size, zipf=zipf,
-                     multi_caption=multi_caption, caption_noise=caption_noise,
-                     rates={**DEFAULT_RATES, **(rates or {})})
-    cfg.validate()
-    if eval_scale <= 0:
-        raise ConfigError(f"eval_scale: must be > 0, got {eval_scale}")
-    workers = max(1, workers if workers is not None else min(2, os.cpu_count() or 1))
+    cfg = check_options(samples=samples, seed=seed, workers=workers, shard_size=shard_size, zipf=zipf,
+                        rates=rates, multi_caption=multi_caption, caption_noise=caption_noise,
+                        eval_scale=eval_scale)
+    workers = workers if workers is not None else min(2, os.cpu_count() or 1)
     out = Path(out_dir)
     pool_dir, parts_dir = out / "pool", out / PARTS_DIR
     settings = {"pool": cfg.to_dict(), "evalsets": evalsets, "eval_scale": eval_scale}
-    _check_settings(out / "synth.json", settings)
-    pool_dir.mkdir(parents=True, exist_ok=True)
-    parts_dir.mkdir(parents=True, exist_ok=True)
-    write_json(out / "synth.json", {**settings, "status": "running"})
+    _check_out_dir(out)
+    _check_settings(out / SYNTH_FILE, settings)
+    # synth.json first: a folder holding anything of ours then also holds it, so a rerun resumes
+    # instead of refusing the folder as someone else's.
+    ensure_folder(out, "the output folder")
+    write_json(out / SYNTH_FILE, {**settings, "status": "running"})
+    ensure_folder(pool_dir, "the pool folder")
+    ensure_folder(parts_dir, "the ground-truth parts folder")
 
     t0 = time.time()
     todo = [s for s in range(cfg.num_shards)
@@ -101,15 +105,51 @@ def generate(out_dir: str | os.PathLike, samples: int = 20000, seed: int = 0, wo
         from clipstack.data.synthetic.preview import contact_sheet
 
         summary["preview"] = str(contact_sheet(out, out / "preview.png"))
-    write_json(out / "synth.json", summary)
+    write_json(out / SYNTH_FILE, summary)
     shutil.rmtree(parts_dir, ignore_errors=True)
     return summary
+
+
+def check_options(samples: int = 20000, seed: int = 0, workers: int | None = None, shard_size: int = 1000,
+                  zipf: float = 1.0, rates: dict[str, float] | None = None, multi_caption: float = 0.3,
+                  caption_noise: float = 0.25, eval_scale: float = 1.0) -> PoolConfig:
+    """The pool config for these options; `ConfigError` naming the first bad one. Writes nothing, so
+    the quickstart (and `generate`) can check everything before any stage starts."""
+    from clipstack.data.synthetic.defects import DEFAULT_RATES
+
+    cfg = PoolConfig(samples=samples, seed=seed, shard_size=shard_size, zipf=zipf,
+                     multi_caption=multi_caption, caption_noise=caption_noise,
+                     rates={**DEFAULT_RATES, **(rates or {})})
+    cfg.validate()
+    if not 0 < eval_scale <= MAX_EVAL_SCALE:  # also refuses nan
+        raise ConfigError(f"eval_scale: must be > 0 and <= {MAX_EVAL_SCALE:g} ({MAX_EVAL_SCALE:g}x the default "
+                          f"eval sets), got {eval_scale}")
+    if workers is not None and workers < 1:
+        raise ConfigError(f"workers: must be >= 1, got {workers}")
+    return cfg
+
+
+def _check_out_dir(out: Path) -> None:
+    """Refuse a file, or a non-empty folder that no synth run wrote: stray shards there would join the
+    pool, and a rerun must never overwrite someone else's files."""
+    if out.exists() and not out.is_dir():
+        raise DataError(f"{out}: is a file, not a folder; give synth a new or empty output folder")
+    if out.is_dir() and not (out / SYNTH_FILE).exists() and any(out.iterdir()):
+        raise DataError(f"{out}: folder is not empty and holds no {SYNTH_FILE}, so it is not a synth output; "
+                        "choose an empty or new output folder")
 
 
 def _check_settings(path: Path, settings: dict[str, Any]) -> None:
     if not path.exists():
         return
-    old = json.loads(path.read_text(encoding="utf-8"))
+    advice = f"delete {path.parent} or use a new output folder"
+    try:
+        old = read_json(path, "synth settings file")
+    except DataError as err:
+        raise DataError(f"{err}; {advice}") from None
+    if not isinstance(old, dict):
+        raise DataError(f"{path}: synth settings file must hold a JSON object, got {type(old).__name__}; "
+                        f"{advice}")
     for name in ("pool", "evalsets", "eval_scale"):
         if old.get(name) != json.loads(json.dumps(settings[name])):
             raise ConfigError(f"{path}: this folder was generated with other settings ({name} differs); "
