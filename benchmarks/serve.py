@@ -280,22 +280,19 @@ def main(argv: list[str] | None = None) -> int:
             return [json.dumps({"embedding_input": xq[i % len(xq)].tolist(), "indice_name": name,
                                 "num_images": 10, "deduplicate": False}) for i in range(n_req)]
 
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
-        server = start_server([sys.executable, __file__, "--empty-server", str(port)], url)
-        try:
-            floor = measure(url, bodies_for("auto", args.requests), 1, args.seconds)[2]
-        finally:
-            stop_server(server)
+        def bare_app_p50(server_args) -> float:
+            """p50 ms, 1 in flight, of this script serving one of its bare apps (server_args(port))."""
+            port = free_port()
+            url = f"http://127.0.0.1:{port}"
+            server = start_server([sys.executable, __file__, "--threads", str(args.threads),
+                                   *server_args(port)], url)
+            try:
+                return measure(url, bodies_for("auto", args.requests), 1, args.seconds)[2]
+            finally:
+                stop_server(server)
 
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
-        server = start_server([sys.executable, __file__, "--threads", str(args.threads), "--lean-server",
-                               str(port), str(root / "auto")], url)
-        try:
-            lean = measure(url, bodies_for("auto", args.requests), 1, args.seconds)[2]
-        finally:
-            stop_server(server)
+        floor = bare_app_p50(lambda port: ["--empty-server", str(port)])
+        lean = bare_app_p50(lambda port: ["--lean-server", str(port), str(root / "auto")])
 
         port = free_port()
         url = f"http://127.0.0.1:{port}"
