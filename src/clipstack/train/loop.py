@@ -26,6 +26,7 @@ from torch import nn
 
 from clipstack.errors import ClipstackError
 from clipstack.train import runlog
+from clipstack.train.captions import MultiCaption, MultiCaptionLoss
 from clipstack.train.config import TrainConfig, load_config
 from clipstack.train.runlog import Callback, MetricsLog, StepContext, as_callbacks, write_run_config
 
@@ -46,37 +47,6 @@ class TrainResult:
     stopped: str  # "done" | "max_steps" | "time_budget"
     checkpoint: Path | None
     data_stats: dict[str, Any] = field(default_factory=dict)
-
-
-class _MultiCaption(nn.Module):
-    """Model wrapper for several texts per image: texts [B, slots, ctx] are encoded as B*slots rows."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.module = model  # named like DDP's attribute so unwrapping helpers find the model
-
-    def forward(self, images: torch.Tensor, texts: torch.Tensor):
-        return self.module(images, texts.flatten(0, 1))
-
-
-class _MultiCaptionLoss(nn.Module):
-    """Mean of the contrastive loss over the k caption slots, each slot a full B x B problem.
-
-    With `negatives`, one more slot follows the k captions: a hard-negative text per image, passed to
-    every slot's loss as extra negatives.
-    """
-
-    def __init__(self, base: nn.Module, k: int, negatives: bool = False) -> None:
-        super().__init__()
-        self.base, self.k, self.negatives = base, k, negatives
-
-    def forward(self, image_features, text_features, logit_scale, logit_bias=None):
-        slots = self.k + int(self.negatives)
-        per_slot = text_features.view(image_features.shape[0], slots, -1)
-        extra = {"negatives": per_slot[:, self.k]} if self.negatives else {}
-        total = sum(self.base(image_features, per_slot[:, j], logit_scale, logit_bias, **extra)
-                    for j in range(self.k))
-        return total / self.k
 
 
 def _seed_all(seed: int) -> None:
@@ -156,7 +126,7 @@ class _Run:
             loss = build_loss("siglip", **dist_kw)
         self.loss_kind = kind
         k, negatives = cfg.data.captions_per_image, bool(cfg.data.hard_negatives)
-        return _MultiCaptionLoss(loss, k, negatives) if k > 1 or negatives else loss
+        return MultiCaptionLoss(loss, k, negatives) if k > 1 or negatives else loss
 
     def _loader_spec(self, model):
         from clipstack.data.loader import LoaderSpec, resolve_sources, steps_per_epoch
@@ -211,7 +181,7 @@ class _Run:
         spec = self._loader_spec(model)
         # The caption wrapper goes inside DDP, so DDP's no_sync reaches the accumulation loop.
         several_texts = cfg.data.captions_per_image > 1 or bool(cfg.data.hard_negatives)
-        net = _MultiCaption(model) if several_texts else model
+        net = MultiCaption(model) if several_texts else model
         wrapped = wrap_model(net, info, fsdp=cfg.distributed.fsdp)
         if cfg.model.compile:
             wrapped = torch.compile(wrapped)
