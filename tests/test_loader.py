@@ -38,6 +38,16 @@ def _spec(tools, urls, **kw) -> LoaderSpec:
                       tokenizer=tokenizer, **kw)
 
 
+def _keys_and_counts(spec: LoaderSpec) -> tuple[list[str], dict]:
+    """One epoch's sample keys, in order, and its summed counts."""
+    totals: dict = {}
+    keys: list[str] = []
+    for batch in TrainLoader(spec, epoch=0):
+        merge_stats(totals, batch["stats"])
+        keys += batch["keys"]
+    return keys, totals["counts"]
+
+
 def test_ranks_and_workers_split_shards_without_overlap(tools, shards):
     seen = []
     for rank in (0, 1):
@@ -84,12 +94,7 @@ def test_corrupt_samples_and_truncated_tar_are_skipped_and_counted(tools, tmp_pa
         out.addfile(info, io.BytesIO(data))
     write_sizes(tmp_path)
     spec = _spec(tools, tmp_path, batch_size=2, steps=4, shuffle_buffer=0)
-    totals: dict = {}
-    keys = []
-    for batch in TrainLoader(spec, epoch=0):
-        merge_stats(totals, batch["stats"])
-        keys += batch["keys"]
-    counts = totals["counts"]
+    keys, counts = _keys_and_counts(spec)
     assert "broken0001" not in keys and len(keys) == 8
     assert "orphan0001" not in keys
     assert counts["corrupt"] == 2 and counts["kept"] == 8  # the bad image and the image-less sample
@@ -154,12 +159,7 @@ def test_sample_key_not_utf8_is_counted_corrupt_not_an_unreadable_shard(tools, t
                 info.size = len(data)
                 out.addfile(info, io.BytesIO(data))
     spec = _spec(tools, tmp_path / "00000.tar", batch_size=3, steps=1, shuffle_buffer=0)
-    totals: dict = {}
-    keys = []
-    for batch in TrainLoader(spec, epoch=0):
-        merge_stats(totals, batch["stats"])
-        keys += batch["keys"]
-    counts = totals["counts"]
+    keys, counts = _keys_and_counts(spec)
     assert keys == [samples[0].key, samples[2].key, samples[3].key]
     assert counts["corrupt"] == 1 and counts.get("unreadable_shards", 0) == 0
     assert counts["seen"] == counts["kept"] + counts["corrupt"]
